@@ -1,0 +1,172 @@
+"""Public entry points: patch, unpatch, stats, reset."""
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from .lsc import FUSION_MODES, LongSkipFusion
+from .patch_state import LSC_ATTR, STATE_ATTR, PatchState, get_state
+from .registry import get_adapter, get_method
+from .schedules import resolve_schedule
+
+ATTENTION_BACKENDS = (None, "xformers")
+KERNELS = ("auto", "torch", "triton", "reference")
+
+
+def resolve_model(model_or_pipeline) -> nn.Module:
+    """A diffusers transformer, or the `.transformer` of a pipeline."""
+    if isinstance(model_or_pipeline, nn.Module):
+        return model_or_pipeline
+    model = getattr(model_or_pipeline, "transformer", None)
+    if isinstance(model, nn.Module):
+        return model
+    raise TypeError(
+        f"expected a diffusers transformer model or a pipeline with a `.transformer`, got "
+        f"{type(model_or_pipeline).__name__}"
+    )
+
+
+def _apply_options(config, options: dict):
+    if not options:
+        return config
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"{type(config).__name__} takes no options, got {sorted(options)}")
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {unknown} for {type(config).__name__}; valid options: "
+            f"{sorted(fields)} plus fusion, kernel, attention"
+        )
+    return dataclasses.replace(config, **options)
+
+
+def _check_fusion(adapter, fusion):
+    if adapter.native_skips:
+        if fusion not in (None, "replace"):
+            raise ValueError(
+                f"{adapter.model_class.__name__} has native long skips (replace semantics); "
+                f"fusion={fusion!r} cannot apply. Leave fusion unset."
+            )
+        return None
+    if fusion is None:
+        return "residual"
+    if fusion not in FUSION_MODES:
+        raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
+    return fusion
+
+
+def _insert_adapters(model: nn.Module, state: PatchState) -> nn.ModuleDict:
+    ref = next(model.parameters())
+    dim = state.adapter.hidden_dim(model)
+    lscs = nn.ModuleDict(
+        {
+            str(deep): LongSkipFusion(dim, mode=state.fusion, kernel=state.kernel)
+            for _, deep in state.adapter.pairs(model)
+        }
+    ).to(device=ref.device, dtype=ref.dtype)
+    model.add_module(LSC_ATTR, lscs)
+    return lscs
+
+
+def patch(model_or_pipeline, schedule="skip-dit", *, fusion=None, kernel="auto", attention=None, **options):
+    """Install long-skip adapters (where the backbone lacks them) and a cache schedule, in place.
+
+    `schedule` is a preset name (see `dit_cache.presets()`) or a config object; `options`
+    override the config's fields (e.g. ``interval=3``). `fusion` is ``"residual"`` (default
+    when inserting: function-preserving) or ``"replace"`` (the Skip-DiT reference op).
+    Returns the patched model. On any error the model is left exactly as it was."""
+    model = resolve_model(model_or_pipeline)
+    existing = get_state(model)
+    if existing is not None:
+        raise ValueError(
+            f"this {type(model).__name__} is already patched with {type(existing.config).__name__}; "
+            "call dit_cache.unpatch(model) first"
+        )
+    adapter = get_adapter(model)
+    config = _apply_options(resolve_schedule(schedule), options)
+    method_cls = get_method(config)
+    config = method_cls.resolve_config(config, adapter, model)
+    fusion = _check_fusion(adapter, fusion)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if attention not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
+    if kernel != "auto":
+        from .kernels import resolve_backend  # raises a clear error when it cannot run here
+
+        resolve_backend(kernel)
+
+    state = PatchState(model=model, adapter=adapter, config=config, fusion=fusion, kernel=kernel)
+    try:
+        if config.inserts_adapters and not adapter.native_skips:
+            state.lscs = _insert_adapters(model, state)
+        state.method = method_cls(state, config)
+        state.method.install()
+        from .hooks import STEP_HOOK, StepHook
+
+        state.hooks.add(model, StepHook(state), STEP_HOOK)
+        if attention == "xformers":
+            from .kernels.attention import enable_xformers
+
+            state.saved_attn_processors = dict(model.attn_processors)
+            enable_xformers(model)
+        model.__dict__[STATE_ATTR] = state
+    except BaseException:
+        _remove(model, state)
+        raise
+    return model
+
+
+def _remove(model: nn.Module, state: PatchState) -> None:
+    state.hooks.remove_all()
+    if state.saved_attn_processors is not None:
+        model.set_attn_processor(state.saved_attn_processors)
+    if LSC_ATTR in model._modules:
+        del model._modules[LSC_ATTR]
+    model.__dict__.pop(STATE_ATTR, None)
+
+
+def unpatch(model_or_pipeline) -> nn.Module:
+    """Remove every hook and inserted module; the model computes bit for bit what it did before."""
+    model = resolve_model(model_or_pipeline)
+    state = get_state(model)
+    if state is None:
+        raise ValueError(f"this {type(model).__name__} is not patched by dit-cache; nothing to unpatch")
+    _remove(model, state)
+    return model
+
+
+def _state_or_raise(model_or_pipeline) -> PatchState:
+    model = resolve_model(model_or_pipeline)
+    state = get_state(model)
+    if state is None:
+        raise ValueError(f"this {type(model).__name__} is not patched; call dit_cache.patch(model, ...) first")
+    return state
+
+
+def stats(model_or_pipeline) -> dict:
+    """Counters of the last (or current) generation of a patched model."""
+    state = _state_or_raise(model_or_pipeline)
+    s = state.tracker.stats
+    return {
+        "method": getattr(state.config, "name", type(state.config).__name__),
+        "config": dataclasses.asdict(state.config) if dataclasses.is_dataclass(state.config) else {},
+        "generation": state.tracker.generation,
+        "full_steps": s.full_steps,
+        "cached_steps": s.cached_steps,
+        "calls": s.calls,
+        "block_calls": s.block_calls,
+        "blocks_skipped": s.blocks_skipped,
+        "pattern": "".join(s.pattern),
+        "timesteps": list(s.timesteps),
+        **s.extra,
+        "cached": state.method.describe_cache(),
+    }
+
+
+def reset(model_or_pipeline) -> None:
+    """Forget the current generation (the next call starts fresh). Rarely needed: new
+    generations are detected from the timesteps."""
+    _state_or_raise(model_or_pipeline).tracker.abort()
