@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 from . import methods as _methods  # noqa: F401,E402  (registers the built-in methods)
 from . import skip_cache as _skip_cache  # noqa: F401,E402
 from .adapter_io import load_adapters, save_adapters  # noqa: E402
-from .api import patch, reset, stats, unpatch  # noqa: E402
+from .api import patch, reset, schedule_pattern, stats, unpatch  # noqa: E402
 from .registry import register_adapter, supported_models  # noqa: E402
 from .schedules import NoCacheConfig, SkipCacheConfig, presets, register_preset  # noqa: E402
 from .spectral import cap_spectral_norm_, spectral_norms  # noqa: E402
@@ -14,6 +14,7 @@ __all__ = [
     "unpatch",
     "stats",
     "reset",
+    "schedule_pattern",
     "save_adapters",
     "load_adapters",
     "presets",

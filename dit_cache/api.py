@@ -170,3 +170,26 @@ def reset(model_or_pipeline) -> None:
     """Forget the current generation (the next call starts fresh). Rarely needed: new
     generations are detected from the timesteps."""
     _state_or_raise(model_or_pipeline).tracker.abort()
+
+
+def schedule_pattern(model_or_pipeline, num_inference_steps: int, schedule=None, scheduler=None, **options) -> str:
+    """The `F`/`c` pattern the schedule will follow for `num_inference_steps` steps of
+    `scheduler` (default: the pipeline's own). Uses the model's patched config, or resolves
+    `schedule` (+ `options`) against the model's backbone defaults without patching."""
+    import copy
+
+    model = resolve_model(model_or_pipeline)
+    scheduler = scheduler if scheduler is not None else getattr(model_or_pipeline, "scheduler", None)
+    if scheduler is None:
+        raise ValueError("pass scheduler=... (a diffusers scheduler) when giving a bare model")
+    state = get_state(model)
+    if schedule is None and state is not None:
+        config = state.config
+    else:
+        config = _apply_options(resolve_schedule(schedule or "skip-dit"), options)
+        config = get_method(config).resolve_config(config, get_adapter(model), model)
+    scheduler = copy.deepcopy(scheduler)
+    scheduler.set_timesteps(num_inference_steps)
+    timesteps = [float(t) for t in scheduler.timesteps]
+    pattern = getattr(config, "pattern", None)
+    return pattern(timesteps) if pattern is not None else "F" * len(timesteps)

@@ -1,0 +1,26 @@
+import pytest
+import torch
+
+from dit_cache.models import TINY_MODELS, build_pipeline, build_transformer
+
+FAMILIES = TINY_MODELS  # ("tiny-dit", "tiny-latte", "tiny-hunyuan")
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(params=FAMILIES)
+def name(request):
+    return request.param
+
+
+@pytest.fixture
+def pipe(name):
+    return build_pipeline(name, seed=0)
+
+
+@pytest.fixture
+def model(name):
+    return build_transformer(name, seed=0)
