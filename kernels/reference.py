@@ -6,7 +6,8 @@ Skip-DiT reference code and diffusers' Hunyuan-DiT block do at a fusion point:
     y = Linear_{2D->D}( FP32LayerNorm_{2D}( cat[x, s] ) )
 
 The LayerNorm runs in fp32 and its output is cast back to ``x.dtype`` (diffusers'
-``FP32LayerNorm``); the Linear then runs in ``x.dtype``.
+``FP32LayerNorm``); the Linear then runs in ``x.dtype``. (fp64 inputs keep an fp64 LayerNorm
+instead of being truncated to fp32, so the reference can serve as fp64 ground truth.)
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ def skip_fusion_reference(
 
     Shapes: x, s (..., D); norm_weight, norm_bias (2D,) or None; weight (D, 2D); bias (D,) or None.
     """
+    ln_dtype = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
     h = torch.cat([x, s], dim=-1)  # (..., 2D)
     h = F.layer_norm(
-        h.float(),
+        h.to(ln_dtype),
         (h.shape[-1],),
-        norm_weight.float() if norm_weight is not None else None,
-        norm_bias.float() if norm_bias is not None else None,
+        norm_weight.to(ln_dtype) if norm_weight is not None else None,
+        norm_bias.to(ln_dtype) if norm_bias is not None else None,
         eps,
     ).to(x.dtype)
     y = F.linear(h, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None)  # (..., D)

@@ -181,7 +181,7 @@ def skip_fusion_backward(
     if needs_input_grad[4]:
         dc = -torch.mv(g.t(), r * mu).to(c.dtype)  # (N,)
     if needs_input_grad[5]:
-        db = g.sum(dim=0).to(torch.float32)  # (N,) bias is fp32 by contract
+        db = g.sum(dim=0).to(c.dtype)  # (N,) bias and c share a dtype (fp32) by contract
     return dx, ds, dw1, dw2, dc, db
 
 
