@@ -1,4 +1,4 @@
-# Two entry points (see README): `make demo` and `make test`. Both create .venv from
+# Two entry points (see README): `make run` and `make test`. Both create .venv from
 # nothing. torch==2.13.0 goes in first so nothing later pulls a multi-GB CUDA build.
 PY ?= python3
 VENV := .venv
@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-demo: $(STAMP)
+run: $(STAMP)
 	$(BIN)/ditcache demo
 
 test: $(STAMP)
 	$(BIN)/pytest -q
 
-.PHONY: setup demo test
+.PHONY: setup run test
