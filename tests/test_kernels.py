@@ -103,6 +103,14 @@ def test_folded_large_mean_rows_stay_accurate():
         assert_scaled_close(K.skip_fusion_reference(x, s, *p), truth, 1e-5, "reference")
 
 
+def test_folded_custom_eps():
+    x, s = make_inputs((3, 7, 40))
+    p = make_params(40)
+    for eps in (1e-5, 0.05):
+        ref = K.skip_fusion_reference(*f64([x, s]), *f64(p), eps=eps)
+        assert_scaled_close(K.skip_fusion(x, s, *p, eps=eps, backend="torch"), ref, 1e-5, f"eps={eps}")
+
+
 def test_folded_without_affine_or_bias():
     D = 40
     x, s = make_inputs((3, 7, D))
@@ -342,9 +350,12 @@ def test_resolve_backend(monkeypatch):
 def test_package_imports_and_runs_without_triton():
     """`import triton` is blocked: the package, the torch backend and the errors still work."""
     code = (
-        "import sys; sys.modules['triton'] = None\n"
+        "import sys, importlib.util; sys.modules['triton'] = None\n"
         "import torch\n"
-        "import dit_cache.kernels as K\n"
+        # load the folder as a stand-alone package: skips dit_cache's own (diffusers) imports
+        "spec = importlib.util.spec_from_file_location('ditk', 'kernels/__init__.py',"
+        " submodule_search_locations=['kernels'])\n"
+        "K = importlib.util.module_from_spec(spec); sys.modules['ditk'] = K; spec.loader.exec_module(K)\n"
         "assert K.resolve_backend('auto', 'cuda') == 'torch'\n"
         "x = torch.randn(2, 3, 8)\n"
         "y = K.skip_fusion(x, x, None, None, torch.randn(8, 16), None)\n"
