@@ -97,6 +97,15 @@ def patch(model_or_pipeline, schedule="skip-dit", *, fusion=None, kernel="auto",
         from .kernels import resolve_backend  # raises a clear error when it cannot run here
 
         resolve_backend(kernel)
+    if attention == "xformers":
+        from .kernels import xformers_available
+
+        ok, reason = xformers_available()
+        if not ok:
+            raise RuntimeError(
+                f"attention='xformers' cannot run here: {reason}. Install dit-cache[xformers] on a "
+                "CUDA machine, or leave attention unset (diffusers' default SDPA attention)."
+            )
 
     state = PatchState(model=model, adapter=adapter, config=config, fusion=fusion, kernel=kernel)
     try:
@@ -110,7 +119,7 @@ def patch(model_or_pipeline, schedule="skip-dit", *, fusion=None, kernel="auto",
         if attention == "xformers":
             from .kernels.attention import enable_xformers
 
-            state.saved_attn_processors = dict(model.attn_processors)
+            state.saved_attn_processors = _attention_processors(model)
             enable_xformers(model)
         model.__dict__[STATE_ATTR] = state
     except BaseException:
@@ -119,10 +128,16 @@ def patch(model_or_pipeline, schedule="skip-dit", *, fusion=None, kernel="auto",
     return model
 
 
+def _attention_processors(model: nn.Module) -> dict:
+    return {n: m.processor for n, m in model.named_modules() if hasattr(m, "set_processor") and hasattr(m, "processor")}
+
+
 def _remove(model: nn.Module, state: PatchState) -> None:
     state.hooks.remove_all()
     if state.saved_attn_processors is not None:
-        model.set_attn_processor(state.saved_attn_processors)
+        modules = dict(model.named_modules())
+        for name, processor in state.saved_attn_processors.items():
+            modules[name].set_processor(processor)
     if LSC_ATTR in model._modules:
         del model._modules[LSC_ATTR]
     model.__dict__.pop(STATE_ATTR, None)

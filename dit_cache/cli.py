@@ -79,7 +79,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# Sub-commands that live in their own module `dit_cache/cli_<name>.py`, each exposing
+# `add_parser(subparsers)`; the parser they add sets `func`.
+SUBCOMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     from .models import SCHEDULER_NAMES, TINY_MODELS
     from .schedules import PRESETS
 
@@ -100,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_demo)
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{module}").add_parser(sub)
     return parser
 
 
