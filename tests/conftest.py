@@ -7,8 +7,13 @@ FAMILIES = TINY_MODELS  # ("tiny-dit", "tiny-latte", "tiny-hunyuan")
 
 
 @pytest.fixture(autouse=True)
-def _two_threads():
-    torch.set_num_threads(2)
+def _one_thread():
+    # Tiny models are overhead-bound: one thread is faster, and far faster when other jobs
+    # share the two cores (OpenMP spin-waits otherwise).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(params=FAMILIES)
