@@ -139,7 +139,7 @@ else:
         with torch.no_grad():
             out = K.skip_fusion(x, s, *params, backend="triton", cache=cache)
             torch.testing.assert_close(out, K.skip_fusion_reference(x, s, *params), rtol=1e-5, atol=1e-5)
-            K.skip_fusion(x, s, *params, backend="torch", cache=cache)  # same params, other dtype policy? no: fp32
+            K.skip_fusion(x, s, *params, backend="torch", cache=cache)  # fp32 on both paths: same entry
             params[2].mul_(0.5)  # in-place change of the Linear weight
             out = K.skip_fusion(x, s, *params, backend="triton", cache=cache)
             torch.testing.assert_close(out, K.skip_fusion_reference(x, s, *params), rtol=1e-5, atol=1e-5)

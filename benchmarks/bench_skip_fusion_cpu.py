@@ -1,0 +1,211 @@
+"""CPU benchmark of the long-skip fusion: unfused reference vs the folded torch path.
+
+    .venv/bin/python benchmarks/bench_skip_fusion_cpu.py [--rounds 7] [--threads 2] [--quick]
+
+Shapes are one fusion point of each backbone at its usual size, with CFG (batch x2):
+  DiT-XL/2 256px  (B=2, L=256, D=1152)
+  Latte 16 frames (B=2*16, L=256, D=1152)   spatial block layout ((b f), t, d)
+  Hunyuan-DiT     (B=2, L=1024, D=1408)     512px; 1024px would be L=4096 (4x the work)
+fp32. "gemm only" is x @ W1^T + s @ W2^T with nothing else: the floor any fusion can reach
+on CPU, where the GEMM dominates. Reference and folded are timed in alternating rounds
+(torch.utils.benchmark, median per round) and the speedup is the median of per-round
+ratios, so a machine shared with other jobs biases both sides alike.
+Writes benchmarks/results/skip_fusion_cpu.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.utils import benchmark
+
+from dit_cache.kernels import skip_fusion, skip_fusion_reference
+
+SHAPES = {
+    "DiT-XL/2": (2, 256, 1152),
+    "Latte (16 frames)": (32, 256, 1152),
+    "Hunyuan-DiT (512px)": (2, 1024, 1408),
+}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_case(B, L, D, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, L, D, generator=g)
+    s = 2.0 * torch.randn(B, L, D, generator=g) + 0.5
+    norm = torch.nn.LayerNorm(2 * D, eps=1e-6)
+    lin = torch.nn.Linear(2 * D, D)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+        norm.bias.normal_(0.0, 0.3, generator=g)
+    params = [p.detach() for p in (norm.weight, norm.bias, lin.weight, lin.bias)]
+    return x, s, params
+
+
+def time_round(fn, min_run_time):
+    t = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return t.blocked_autorange(min_run_time=min_run_time).median
+
+
+def bench_shape(name, shape, rounds, min_run_time):
+    x, s, p = make_case(*shape)
+    D = shape[-1]
+    cache: dict = {}
+    w1, w2 = p[2][:, :D].contiguous(), p[2][:, D:].contiguous()
+    x2, s2 = x.reshape(-1, D), s.reshape(-1, D)
+
+    def ref():
+        return skip_fusion_reference(x, s, *p)
+
+    def folded():
+        return skip_fusion(x, s, *p, backend="torch", cache=cache)
+
+    def gemm_only():
+        return torch.mm(x2, w1.t()).addmm_(s2, w2.t())
+
+    with torch.no_grad():
+        out = folded()  # fills the fold cache (inference: folded once per weight version)
+        err_ref = (out - ref()).abs().max().item()
+        truth = skip_fusion_reference(x.double(), s.double(), *[t.double() for t in p])
+        err_truth = (out.double() - truth).abs().max().item()
+        err_ref_truth = (ref().double() - truth).abs().max().item()
+        t0 = time.perf_counter()
+        skip_fusion(x, s, *p, backend="torch", cache={})  # fold + run, cold
+        cold = time.perf_counter() - t0
+        times = {"reference": [], "folded": [], "gemm only": []}
+        for _ in range(rounds):
+            for label, fn in (("reference", ref), ("folded", folded), ("gemm only", gemm_only)):
+                times[label].append(time_round(fn, min_run_time))
+    ratios = [r / f for r, f in zip(times["reference"], times["folded"])]
+    ceiling = [r / g for r, g in zip(times["reference"], times["gemm only"])]
+    return {
+        "name": name,
+        "shape": list(shape),
+        "M": shape[0] * shape[1],
+        "ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
+        "ms_rounds": {k: [round(1e3 * t, 3) for t in v] for k, v in times.items()},
+        "speedup_folded_vs_reference": statistics.median(ratios),
+        "speedup_rounds": [round(r, 3) for r in ratios],
+        "speedup_ceiling_gemm_only": statistics.median(ceiling),
+        "first_call_with_fold_ms": 1e3 * cold,
+        "max_abs_err_folded_vs_reference_fp32": err_ref,
+        "max_abs_err_folded_vs_fp64": err_truth,
+        "max_abs_err_reference_fp32_vs_fp64": err_ref_truth,
+        "max_abs_output": truth.abs().max().item(),
+    }
+
+
+def machine_info():
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def write_markdown(path, report):
+    m = report["machine"]
+    lines = [
+        "# Long-skip fusion on CPU: reference vs folded (fp32)",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} with "
+        f"{m['torch_threads']} threads, Python {m['python']}. Load average at start "
+        f"{m['loadavg_start']}, at end {m['loadavg_end']} (the machine is shared: see per-round numbers in the JSON).",
+        "",
+        "| fusion point | (B, L, D) | reference ms | folded ms | gemm only ms | speedup | ceiling (ref / gemm) | max err vs ref | max err vs fp64 (ref's own) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"| {r['name']} | {tuple(r['shape'])} | {r['ms']['reference']:.2f} | {r['ms']['folded']:.2f} | "
+            f"{r['ms']['gemm only']:.2f} | {r['speedup_folded_vs_reference']:.3f}x | "
+            f"{r['speedup_ceiling_gemm_only']:.3f}x | {r['max_abs_err_folded_vs_reference_fp32']:.2e} | "
+            f"{r['max_abs_err_folded_vs_fp64']:.2e} ({r['max_abs_err_reference_fp32_vs_fp64']:.2e}) |"
+        )
+    lines += ["", report["verdict"], ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-run-time", type=float, default=0.5, help="seconds per timing round and variant")
+    ap.add_argument("--quick", action="store_true", help="DiT shape only, 3 rounds (smoke run)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shapes = {"DiT-XL/2": SHAPES["DiT-XL/2"]} if args.quick else SHAPES
+    rounds = 3 if args.quick else args.rounds
+
+    console = Console(width=None if sys.stdout.isatty() else 200)  # full table in logs too
+    info = machine_info()
+    results = []
+    for name, shape in shapes.items():
+        console.print(f"[bold]{name}[/] {shape} ...")
+        results.append(bench_shape(name, shape, rounds, args.min_run_time))
+    info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+    table = Table(title=f"Long-skip fusion, CPU fp32, {args.threads} threads (median of {rounds} alternating rounds)")
+    for col in ("fusion point", "(B, L, D)", "reference ms", "folded ms", "gemm only ms", "speedup", "ceiling", "max err vs ref"):
+        table.add_column(col, justify="right" if col not in ("fusion point",) else "left")
+    for r in results:
+        table.add_row(
+            r["name"], str(tuple(r["shape"])), f"{r['ms']['reference']:.2f}", f"{r['ms']['folded']:.2f}",
+            f"{r['ms']['gemm only']:.2f}", f"{r['speedup_folded_vs_reference']:.3f}x",
+            f"{r['speedup_ceiling_gemm_only']:.3f}x", f"{r['max_abs_err_folded_vs_reference_fp32']:.2e}",
+        )  # fmt: skip
+    console.print(table)
+
+    target_speed = all(r["speedup_folded_vs_reference"] >= 1.1 for r in results)
+    target_err = all(r["max_abs_err_folded_vs_reference_fp32"] <= 1e-5 for r in results)
+    measured = ", ".join(f"{r['speedup_folded_vs_reference']:.3f}x" for r in results)
+    verdict = (
+        f"Targets: speedup >= 1.1x {'met' if target_speed else 'NOT met'} "
+        f"(measured {measured}; the ceiling column is "
+        "what removing everything but the GEMM would give); max error <= 1e-5 "
+        f"{'met' if target_err else 'NOT met'}."
+    )
+    console.print(verdict)
+    report = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": info,
+        "rounds": rounds,
+        "min_run_time_s": args.min_run_time,
+        "results": results,
+        "verdict": verdict,
+    }
+    if not args.quick:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "skip_fusion_cpu.json").write_text(json.dumps(report, indent=2))
+        write_markdown(RESULTS / "skip_fusion_cpu.md", report)
+        console.print(f"wrote {RESULTS / 'skip_fusion_cpu.json'} and .md")
+    return report
+
+
+if __name__ == "__main__":
+    main()
