@@ -205,7 +205,12 @@ def skip_fusion_folded(
     y = torch.mm(x2, folded.w1.t())  # (M, D)
     y.addmm_(s2, folded.w2.t())  # (M, D) second GEMM accumulates into the same output
     # Epilogue in fp32 (type promotion): b' + r * y - (r * mu) (x) c
-    out = torch.addcmul(folded.bias, y, r.unsqueeze(1))  # (M, D)
+    grad_path = torch.is_grad_enabled() and any(t.requires_grad for t in (x2, s2, *folded))
+    if y.dtype == torch.promote_types(y.dtype, folded.bias.dtype) and not grad_path:
+        # in place: at large M a fresh (M, D) buffer costs page faults comparable to the epilogue
+        out = torch.addcmul(folded.bias, y, r.unsqueeze(1), out=y)
+    else:
+        out = torch.addcmul(folded.bias, y, r.unsqueeze(1))  # (M, D), fp32 for half y
     out.addr_(r * mu, folded.c, alpha=-1.0)  # rank-1 correction, ~0 after centring
     if residual:
         out.add_(x.reshape(-1, D))
