@@ -3,10 +3,19 @@ __version__ = "0.1.0"
 
 from . import methods as _methods  # noqa: F401,E402  (registers the built-in methods)
 from . import skip_cache as _skip_cache  # noqa: F401,E402
+from . import fora as _fora  # noqa: F401,E402
+from . import pab as _pab  # noqa: F401,E402
 from .adapter_io import load_adapters, save_adapters  # noqa: E402
 from .api import patch, reset, schedule_pattern, stats, unpatch  # noqa: E402
 from .registry import register_adapter, supported_models  # noqa: E402
-from .schedules import NoCacheConfig, SkipCacheConfig, presets, register_preset  # noqa: E402
+from .schedules import (  # noqa: E402
+    FORAConfig,
+    NoCacheConfig,
+    PABConfig,
+    SkipCacheConfig,
+    presets,
+    register_preset,
+)
 from .spectral import cap_spectral_norm_, spectral_norms  # noqa: E402
 
 __all__ = [
@@ -25,4 +34,6 @@ __all__ = [
     "cap_spectral_norm_",
     "SkipCacheConfig",
     "NoCacheConfig",
+    "FORAConfig",
+    "PABConfig",
 ]
