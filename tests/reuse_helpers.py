@@ -38,7 +38,9 @@ class SubmoduleCounter:
         self.calls: Counter = Counter()
         self.executed: Counter = Counter()
         self.executed_by_site: Counter = Counter()
-        self._handles = []
+        self.executed_by_call: Counter = Counter()  # (model call index, kind) -> executions
+        self.model_calls = 0
+        self._handles = [model.register_forward_pre_hook(self._model_call)]
         modules = dict(model.named_modules())
         for name, kind in self.kinds.items():
             mod = modules[name]
@@ -46,11 +48,15 @@ class SubmoduleCounter:
             self._handles.append(mod.register_forward_pre_hook(self._hook(self.calls, kind)))
             self._handles.append(inner.register_forward_pre_hook(self._hook(self.executed, kind, name)))
 
+    def _model_call(self, module, args):
+        self.model_calls += 1
+
     def _hook(self, counter: Counter, kind: str, name: str | None = None):
         def hook(module, args):
             counter[kind] += 1
             if name is not None:
                 self.executed_by_site[name] += 1
+                self.executed_by_call[self.model_calls - 1, kind] += 1
 
         return hook
 
