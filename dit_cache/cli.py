@@ -81,7 +81,7 @@ def cmd_demo(args) -> int:
 
 # Sub-commands that live in their own module `dit_cache/cli_<name>.py`, each exposing
 # `add_parser(subparsers)`; the parser they add sets `func`.
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("cli_bench",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,4 +122,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m dit_cache.cli` / `torchrun -m dit_cache.cli` run this file as `__main__`, a second
+    # copy of the module: call the package's `main` so that `dit_cache.cli.UsageError` raised by
+    # sub-command modules is the class caught there.
+    from dit_cache.cli import main as _package_main
+
+    sys.exit(_package_main())

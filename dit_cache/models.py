@@ -14,6 +14,7 @@ name                family    what
 ``tiny-latte``      latte     4 spatial + 4 temporal blocks, D=64, 4 frames, 16x16 latent
 ``tiny-hunyuan``    hunyuan   6 blocks (2 long skips), D=64, 16x16 latent (128 px)
 ``dit-xl-2``        dit       DiT-XL/2: 28 blocks, D=1152 (16 x 72), 32x32 latent
+``dit-s-2``         dit       DiT-S/2: 12 blocks, D=384 (6 x 64), 32x32 latent (bench default)
 ``latte-1``         latte     Latte-1: 28 spatial + 28 temporal blocks, D=1152
 ``hunyuan-dit``     hunyuan   Hunyuan-DiT v1.1: 40 blocks, D=1408 (16 x 88)
 ==================  ========  ==========================================================
@@ -274,6 +275,31 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
             in_channels=4,
             out_channels=8,
             num_layers=28,
+            sample_size=32,
+            patch_size=2,
+            activation_fn="gelu-approximate",
+            num_embeds_ada_norm=1000,
+            norm_type="ada_norm_zero",
+            norm_elementwise_affine=False,
+            attention_bias=True,
+            norm_num_groups=32,
+            upcast_attention=False,
+        ),
+        "resolution": 256,
+        "num_frames": None,
+        "guidance_scale": 4.0,
+    },
+    # DiT-S/2 (the DiT paper's smallest model, 33M params + diffusers' per-block embedders):
+    # mid-size, so `ditcache bench` measures compute rather than Python overhead on a CPU.
+    "dit-s-2": {
+        "family": "dit",
+        "tiny": False,
+        "transformer": dict(
+            num_attention_heads=6,
+            attention_head_dim=64,
+            in_channels=4,
+            out_channels=8,
+            num_layers=12,
             sample_size=32,
             patch_size=2,
             activation_fn="gelu-approximate",

@@ -19,7 +19,7 @@ from dit_cache.models import (
     transformer_inputs,
 )
 
-REAL_MODELS = ("dit-xl-2", "latte-1", "hunyuan-dit")
+REAL_MODELS = ("dit-xl-2", "latte-1", "hunyuan-dit", "dit-s-2")
 
 # Final latents of a 3-step run at batch 1: (C, [F,] h, w) per tiny model.
 LATENT_SHAPE = {
@@ -64,6 +64,7 @@ def test_model_names_and_families():
     assert fams == {
         "tiny-dit": "dit",
         "dit-xl-2": "dit",
+        "dit-s-2": "dit",
         "tiny-latte": "latte",
         "latte-1": "latte",
         "tiny-hunyuan": "hunyuan",

@@ -1,0 +1,114 @@
+"""`ditcache bench`: argument parsing only; the work is done by `dit_cache.bench`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+_EPILOG = """\
+methods: preset names (ditcache presets), `diffusers-pab[-SST]`, `diffusers-fastercache`,
+  each optionally with overrides NAME:KEY=VALUE,KEY=VALUE (tuples as LOW/HIGH), e.g.
+  --methods none skip-dit:interval=3,shallow=2 fora-2 pab-469 diffusers-pab-469
+  `unpatched` (the model before any patch) and `none` are always included.
+
+examples:
+  ditcache bench                                   # embedded default (DiT-S/2, ~2-3 min on 2 CPU cores)
+  ditcache bench --model tiny-latte --steps 10 --methods skip-dit fora pab-236 diffusers-pab
+  ditcache bench --model dit-xl-2 --steps 20 --json out.json --csv out.csv --plot out.png
+  torchrun --nproc-per-node 2 -m dit_cache.cli bench --model tiny-dit --seeds 0 1 2 3
+"""
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers, got {text!r}") from None
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from .bench import DEFAULT_MODEL, DEFAULT_STEPS
+    from .models import SCHEDULER_NAMES
+
+    p = subparsers.add_parser(
+        "bench",
+        help="latency, FLOPs, memory and fidelity of cache methods, side by side",
+        description="Benchmark cache methods on one model: latency (median, IQR), speedup vs `none`, "
+        "FLOPs and the speedup they promise, peak memory, full/cached steps, PSNR/SSIM/max error "
+        "against the unpatched output of the same seed.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"built-in name (tiny-dit, tiny-latte, tiny-hunyuan, dit-s-2, dit-xl-2, latte-1, "
+                        f"hunyuan-dit) or a local diffusers directory (default {DEFAULT_MODEL})")
+    p.add_argument("--methods", nargs="+", metavar="SPEC", help="methods to compare (default: none, skip-dit, "
+                   "fora, a PAB preset, and diffusers' PAB/FasterCache)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
+    p.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=None,
+                   help="default: ddim (a pipeline directory keeps its own)")
+    p.add_argument("--resolution", type=int, help="pixels (default: the model's native resolution)")
+    p.add_argument("--frames", type=int, help="video frames (Latte; default: its video_length)")
+    p.add_argument("--batch", type=int, default=1, help="samples per generation (CFG doubles the model batch)")
+    p.add_argument("--cfg-scale", type=float, help="guidance scale; <= 1 turns CFG off (default: family default)")
+    p.add_argument("--seeds", type=_int_list, default=[0], nargs="+", metavar="SEED",
+                   help="seeds (sharded across ranks under torchrun); default 0")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16", "fp32", "fp16", "bf16"))
+    p.add_argument("--repeats", type=int, default=3, help="timed generations per seed (default 3)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed generations first; the first is the instrumented one (FLOPs, memory) (default 1)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; per rank under torchrun)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--loop", action="store_true", help="drive the bare transformer even when a pipeline exists")
+    p.add_argument("--no-flops", dest="flops", action="store_false", help="skip FLOP counting")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probe")
+    p.add_argument("--max-background", type=float, metavar="SHARE",
+                   help="re-run a timed generation when other processes used more than this share of the "
+                        "CPUs during it (e.g. 0.1; Linux)")
+    p.add_argument("--json", metavar="PATH", help="write machine, versions, command line and rows as JSON")
+    p.add_argument("--csv", metavar="PATH", help="write the rows as CSV")
+    p.add_argument("--plot", metavar="PATH", help="speedup vs PSNR per method (needs matplotlib)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+    return p
+
+
+def cmd_bench(args) -> int:
+    from rich.console import Console
+
+    from .bench import BenchConfig, MissingDependency, plot_available, render_table, run_bench
+    from .bench_methods import BenchInputError
+    from .cli import UsageError
+
+    if args.plot:
+        ok, reason = plot_available()
+        if not ok:
+            raise UsageError(reason)
+    seeds = [s for group in args.seeds for s in (group if isinstance(group, list) else [group])]
+    config = BenchConfig(
+        model=args.model, methods=args.methods, steps=args.steps, scheduler=args.scheduler,
+        resolution=args.resolution, frames=args.frames, batch=args.batch, cfg_scale=args.cfg_scale,
+        seeds=seeds, dtype=args.dtype, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
+        device=args.device, loop=args.loop, flops=args.flops, memory=args.memory,
+        max_background=args.max_background, command=["ditcache", *sys.argv[1:]] if sys.argv else None,
+    )
+    console = Console(stderr=True)
+    try:
+        result = run_bench(config, progress=args.progress, console=console)
+    except BenchInputError as err:
+        raise UsageError(str(err)) from None
+    if result.rank != 0:
+        return 0
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=200)  # a file or pipe: do not squeeze the table into 80 columns
+    out.print(render_table(result))
+    try:
+        if args.json:
+            result.write_json(args.json)
+        if args.csv:
+            result.write_csv(args.csv)
+        if args.plot:
+            result.plot(args.plot)
+    except (OSError, MissingDependency) as err:
+        raise UsageError(f"cannot write results: {err}") from None
+    return 0
