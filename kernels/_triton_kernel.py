@@ -13,6 +13,8 @@ also feed the per-row sum and sum of squares, so LayerNorm costs no extra pass o
 
 from __future__ import annotations
 
+import contextlib
+
 import triton
 import triton.language as tl
 
@@ -35,7 +37,7 @@ def _configs(interpret: bool) -> list:
     if interpret:
         # The interpreter is numpy: one small config (no autotune benchmark, which needs a GPU)
         # that still exercises several K iterations and ragged edges on the test shapes.
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=st)
         for bm, bn, bk, w, st in _GPU_TILES
@@ -84,10 +86,11 @@ def _skip_fusion_kernel(
     offs_k = tl.arange(0, BLOCK_K)  # (BK,)
     mask_m = offs_m < M
     mask_n = offs_n < N
+    rows = offs_m.to(tl.int64)  # row * stride overflows int32 past 2**31 elements
 
     # Sums of (h - shift) with shift = first element of the row: E[h^2] - mu^2 in fp32 would
     # cancel catastrophically for rows whose mean is large against their std.
-    shift = tl.load(x_ptr + offs_m * stride_xm, mask=mask_m, other=0.0).to(tl.float32)  # (BM,)
+    shift = tl.load(x_ptr + rows * stride_xm, mask=mask_m, other=0.0).to(tl.float32)  # (BM,)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # (BM, BN)
     row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -99,7 +102,7 @@ def _skip_fusion_kernel(
         k = k0 + offs_k
         mask_k = k < K
         a = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + k[None, :] * stride_xk,
+            x_ptr + rows[:, None] * stride_xm + k[None, :] * stride_xk,
             mask=mask_m[:, None] & mask_k[None, :], other=0.0,
         )  # (BM, BK)
         w = tl.load(
@@ -119,7 +122,7 @@ def _skip_fusion_kernel(
         k = k0 + offs_k
         mask_k = k < K
         a = tl.load(
-            s_ptr + offs_m[:, None] * stride_sm + k[None, :] * stride_sk,
+            s_ptr + rows[:, None] * stride_sm + k[None, :] * stride_sk,
             mask=mask_m[:, None] & mask_k[None, :], other=0.0,
         )  # (BM, BK)
         w = tl.load(
@@ -146,10 +149,10 @@ def _skip_fusion_kernel(
     out = r[:, None] * (acc - mu[:, None] * c[None, :]) + b[None, :]  # (BM, BN) fp32
     mask_out = mask_m[:, None] & mask_n[None, :]
     if RESIDUAL:  # N == K here: the residual tile is x[offs_m, offs_n]
-        res = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_n[None, :] * stride_xk, mask=mask_out, other=0.0)
+        res = tl.load(x_ptr + rows[:, None] * stride_xm + offs_n[None, :] * stride_xk, mask=mask_out, other=0.0)
         out += res.to(tl.float32)
     tl.store(
-        out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on,
+        out_ptr + rows[:, None] * stride_om + offs_n[None, :] * stride_on,
         out.to(out_ptr.dtype.element_ty),
         mask=mask_out,
     )
@@ -169,8 +172,11 @@ def build(interpret: bool):
             "process; Triton fixes its mode at import, so set or unset TRITON_INTERPRET before anything "
             "imports triton (e.g. in the shell that starts Python)"
         )
-    with triton.knobs.runtime.scope():  # decorate in the same mode whatever the env says now
-        triton.knobs.runtime.interpret = interpret
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4; older ones read the env var directly
+    scope = knobs.runtime.scope() if knobs is not None else contextlib.nullcontext()
+    with scope:  # decorate in the same mode whatever the env says now
+        if knobs is not None:
+            knobs.runtime.interpret = interpret
         fn = triton.jit(_skip_fusion_kernel)
         return triton.autotune(
             configs=_configs(interpret),

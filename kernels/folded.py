@@ -132,14 +132,24 @@ def get_folded_weights(
     if (
         entry is not None
         and entry.versions == versions
-        and all((r is None and p is None) or (r is not None and r() is p) for r, p in zip(entry.refs, params))
+        and _same_params(entry.refs, params)
     ):
         return entry.folded
     with torch.no_grad():
         folded = fold_skip_weights(norm_weight, norm_bias, weight, bias, dtype=dtype)
     refs = tuple(None if p is None else weakref.ref(p) for p in params)
+    # The same parameter objects under an old address (module.to(), .half()): drop that entry
+    # instead of keeping a dead copy of the folded weights alive.
+    for old_key, old in list(cache.items()):
+        same_slot = (old_key[0], old_key[1], old_key[3]) == (key[0], key[1], key[3])  # ignore device, ptrs
+        if isinstance(old, _CacheEntry) and same_slot and _same_params(old.refs, params):
+            del cache[old_key]
     cache[key] = _CacheEntry(refs, versions, folded)
     return folded
+
+
+def _same_params(refs, params) -> bool:
+    return all((r is None and p is None) or (r is not None and r() is p) for r, p in zip(refs, params))
 
 
 def torch_compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -62,8 +62,9 @@ def _launch(x2, s2, w1, w2, c, bias, eps: float, residual: bool) -> torch.Tensor
     if M == 0:
         return out
     kernel = _get_kernel(interpret)
-    # Mirror torch: fp32 GEMMs use TF32 only if the user allowed it for torch matmuls.
-    tf32 = x2.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not interpret
+    # Mirror torch: fp32 GEMMs use TF32 only if the user allowed it for torch matmuls. Half
+    # inputs keep Triton's default ("tf32"), which only ever affects fp32 operands.
+    ieee = x2.dtype == torch.float32 and (interpret or not torch.backends.cuda.matmul.allow_tf32)
     c = c.contiguous()
     bias = bias.contiguous()
 
@@ -79,7 +80,7 @@ def _launch(x2, s2, w1, w2, c, bias, eps: float, residual: bool) -> torch.Tensor
             out.stride(0), out.stride(1),
             float(eps),
             RESIDUAL=bool(residual),
-            INPUT_PRECISION="tf32" if tf32 else "ieee",
+            INPUT_PRECISION="ieee" if ieee else "tf32",
             # numpy has no bf16: the interpreter's tl.dot reads bf16 tiles as integers
             DOT_IN_FP32=interpret and x2.dtype == torch.bfloat16,
         )  # fmt: skip

@@ -215,6 +215,25 @@ def test_cache_sees_in_place_copy_and_new_tensors():
     assert_scaled_close(K.skip_fusion(x, s, *q, backend="torch", cache=cache), K.skip_fusion_reference(x, s, *q), 1e-5)
 
 
+def test_cache_drops_entry_of_moved_params():
+    """module.half() / .to(): same Parameter objects at a new address replace their old entry."""
+    lin, norm = torch.nn.Linear(32, 16), torch.nn.LayerNorm(32)
+    x, s = make_inputs((2, 3, 16))
+    cache: dict = {}
+
+    def run(x, s):
+        with torch.no_grad():
+            return K.skip_fusion(x, s, norm.weight, norm.bias, lin.weight, lin.bias, backend="torch", cache=cache)
+
+    run(x, s)
+    for p in (*lin.parameters(), *norm.parameters()):
+        p.data = p.data.clone()  # new storage, same Parameter objects (what Module._apply does)
+    out = run(x, s)
+    assert len(cache) == 1
+    ref = K.skip_fusion_reference(x, s, norm.weight, norm.bias, lin.weight, lin.bias)
+    assert_scaled_close(out, ref, 1e-5)
+
+
 def test_two_models_do_not_share_fold_state():
     D = 16
     x, s = make_inputs((2, 3, D))

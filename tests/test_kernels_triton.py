@@ -85,7 +85,7 @@ else:
     def test_uncentred_fold_and_custom_eps(residual):
         """The epilogue's mu * c term and eps matter: with the literal (uncentred) fold c is
         large, so a wrong row mean shows; a large eps shows a wrong eps."""
-        case = make_case((2, 33, 72), seed=3)
+        case = make_case((3, 7, 40), seed=3)
         case[0] += 3.0  # rows with a clear mean
         eps = 0.05
         x, s, nw, nb, w, b = cast(case, torch.float32)
@@ -110,8 +110,8 @@ else:
     @pytest.mark.parametrize("residual", [False, True], ids=["replace", "residual"])
     @pytest.mark.parametrize(
         "shape, dtype",
-        [((3, 7, 40), torch.float32), ((2, 33, 72), torch.float32), ((2, 33, 72), torch.float16), ((3, 7, 40), torch.bfloat16)],
-        ids=["3x7x40-fp32", "2x33x72-fp32", "2x33x72-fp16", "3x7x40-bf16"],
+        [((2, 33, 72), torch.float32), ((3, 7, 40), torch.float16), ((3, 7, 40), torch.bfloat16)],
+        ids=["2x33x72-fp32", "3x7x40-fp16", "3x7x40-bf16"],
     )
     def test_grads_match_reference_autograd(shape, dtype, residual):
         """Grads for x, s and all four parameters (through the fold) vs autograd of the reference."""
@@ -155,10 +155,10 @@ else:
             args = [t.detach().clone().requires_grad_(True) for t in args]
         return args
 
-    @pytest.mark.parametrize("residual", [False, True], ids=["replace", "residual"])
-    def test_opcheck(residual):
-        """Schema, fake tensor, autograd registration, AOT dispatch of dit_cache::skip_fusion."""
-        torch.library.opcheck(torch.ops.dit_cache.skip_fusion.default, (*_op_args(True), 1e-6, residual))
+    def test_opcheck():
+        """Schema, fake tensor, autograd registration, AOT dispatch of dit_cache::skip_fusion
+        (residual mode: its backward adds the identity path on top of the replace-mode one)."""
+        torch.library.opcheck(torch.ops.dit_cache.skip_fusion.default, (*_op_args(True), 1e-6, True))
 
     def test_torch_compile_traces_the_op():
         op = torch.ops.dit_cache.skip_fusion
