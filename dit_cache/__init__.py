@@ -17,6 +17,7 @@ from .schedules import (  # noqa: E402
     register_preset,
 )
 from .spectral import cap_spectral_norm_, spectral_norms  # noqa: E402
+from .convert import convert, use_original_dit_timestep_embedding  # noqa: E402
 
 __all__ = [
     "patch",
@@ -32,6 +33,8 @@ __all__ = [
     "supported_models",
     "spectral_norms",
     "cap_spectral_norm_",
+    "convert",
+    "use_original_dit_timestep_embedding",
     "SkipCacheConfig",
     "NoCacheConfig",
     "FORAConfig",

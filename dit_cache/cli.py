@@ -81,7 +81,7 @@ def cmd_demo(args) -> int:
 
 # Sub-commands that live in their own module `dit_cache/cli_<name>.py`, each exposing
 # `add_parser(subparsers)`; the parser they add sets `func`.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("cli_bench",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("cli_convert", "cli_bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
