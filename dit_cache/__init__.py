@@ -7,6 +7,7 @@ from . import fora as _fora  # noqa: F401,E402
 from . import pab as _pab  # noqa: F401,E402
 from .adapter_io import load_adapters, save_adapters  # noqa: E402
 from .api import patch, reset, schedule_pattern, stats, unpatch  # noqa: E402
+from .finetune import FinetuneConfig, finetune, load_finetuned  # noqa: E402
 from .registry import register_adapter, supported_models  # noqa: E402
 from .schedules import (  # noqa: E402
     FORAConfig,
@@ -33,6 +34,9 @@ __all__ = [
     "supported_models",
     "spectral_norms",
     "cap_spectral_norm_",
+    "finetune",
+    "load_finetuned",
+    "FinetuneConfig",
     "convert",
     "use_original_dit_timestep_embedding",
     "SkipCacheConfig",

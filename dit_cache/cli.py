@@ -81,7 +81,7 @@ def cmd_demo(args) -> int:
 
 # Sub-commands that live in their own module `dit_cache/cli_<name>.py`, each exposing
 # `add_parser(subparsers)`; the parser they add sets `func`.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("cli_convert", "cli_bench")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("cli_convert", "cli_bench", "cli_finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UsageError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
+        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)  # one line, never wrapped
         return 2
 
 
