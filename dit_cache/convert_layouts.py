@@ -126,8 +126,8 @@ def _heads(width: int, overrides: dict, table: dict[int, int], what: str) -> int
                 f"cannot infer the number of attention heads of a {what} of width {width} (the weights do "
                 f"not determine it; known widths: {known}); pass --config num_heads=H"
             )
-    if not isinstance(heads, int) or heads < 1 or width % heads:
-        raise ConvertError(f"num_heads={heads!r} does not divide the width {width}")
+    if width % heads:
+        raise ConvertError(f"num_heads={heads} does not divide the width {width}")
     return heads
 
 
@@ -171,10 +171,25 @@ def _pos_embed_check(sd: dict, key: str):
     return check
 
 
+OVERRIDE_TYPES = {
+    "num_heads": int, "sample_size": int, "num_classes": int, "video_length": int,
+    "norm_eps": float, "activation_fn": str,
+}  # fmt: skip
+
+
 def _check_overrides(overrides: dict, allowed: set[str], layout: str) -> None:
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise ConvertError(f"unknown --config key(s) {unknown} for {layout!r}; valid: {sorted(allowed)}")
+    for key, value in overrides.items():
+        kind = OVERRIDE_TYPES[key]
+        if kind is str:
+            if not isinstance(value, str):
+                raise ConvertError(f"--config {key}={value!r}: expected a string")
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or value <= 0 or (kind is int and not isinstance(value, int)):
+            raise ConvertError(f"--config {key}={value!r}: expected a positive {kind.__name__}")
 
 
 # ---------------------------------------------------------------------------- DiT / Skip-DiT

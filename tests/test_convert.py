@@ -166,16 +166,21 @@ def dit_inputs(seed=1):
 
 
 # ------------------------------------------------------------------ Latte T2V (skip) reference
+def latte_norm(sd, name, x):  # LayerNorm(eps 1e-6), affine only if the checkpoint has weights
+    return F.layer_norm(x, x.shape[-1:], sd.get(name + ".weight"), sd.get(name + ".bias"), 1e-6)
+
+
 def latte_block(sd, b, x, t6, y=None):
     mods = (sd[b + "scale_shift_table"][None] + t6.reshape(-1, 6, D)).chunk(6, dim=1)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods  # each (N, 1, D)
-    h = ln(x) * (1 + scale_msa) + shift_msa
+    h = latte_norm(sd, b + "norm1", x) * (1 + scale_msa) + shift_msa
     a = b + "attn1."
     x = x + gate_msa * lin(sd, a + "to_out.0", attention(lin(sd, a + "to_q", h), lin(sd, a + "to_k", h), lin(sd, a + "to_v", h)))
     if y is not None:  # PixArt cross-attention: no norm, no gate
         a = b + "attn2."
         x = x + lin(sd, a + "to_out.0", attention(lin(sd, a + "to_q", x), lin(sd, a + "to_k", y), lin(sd, a + "to_v", y)))
-    h = ln(x) * (1 + scale_mlp) + shift_mlp
+    # FF norm: "norm2" in the spatial block, "norm3" in the reference temporal block (BasicTransformerBlock_)
+    h = latte_norm(sd, b + ("norm2" if y is not None else "norm3"), x) * (1 + scale_mlp) + shift_mlp
     return x + gate_mlp * lin(sd, b + "ff.net.2", F.gelu(lin(sd, b + "ff.net.0.proj", h), approximate="tanh"))
 
 
@@ -209,7 +214,7 @@ def latte_forward(sd, x, t, text):
     return out.reshape(bsz, frames, *out.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
-def latte_state_dict(seed=0, pos_table=False):
+def latte_state_dict(seed=0, pos_table=False, affine=False):
     """A random Latte T2V skip state dict in the Skip-DiT `LatteT2V_skip` layout."""
     g = torch.Generator().manual_seed(seed)
     sd = {
@@ -235,6 +240,10 @@ def latte_state_dict(seed=0, pos_table=False):
                     _linear(sd, g, f"{b}{a}.{proj}", D, D)
             _linear(sd, g, b + "ff.net.0.proj", 4 * D, D)
             _linear(sd, g, b + "ff.net.2", D, 4 * D)
+            if affine:  # Latte-1 has none (norm_elementwise_affine=False); a variant that has them
+                for norm in ("norm1", "norm2" if b.startswith("transformer") else "norm3"):
+                    sd[f"{b}{norm}.weight"] = 1 + 0.2 * torch.randn(D, generator=g)
+                    sd[f"{b}{norm}.bias"] = 0.2 * torch.randn(D, generator=g)
     _skips(sd, g, DEPTH // 2)
     return sd
 
@@ -326,14 +335,15 @@ def test_skip_dit_parity_with_adapters(tmp_path, nested):
     assert _max_diff(ref, dit_forward(sd, *inputs, skips=False)) > 0.1  # the long skips matter
 
 
-@pytest.mark.parametrize("pos_table", [False, True], ids=["no-pos-table", "pos-table"])
-def test_latte_skip_parity_with_adapters(tmp_path, pos_table):
-    sd = latte_state_dict(seed=3, pos_table=pos_table)
+@pytest.mark.parametrize("pos_table,affine", [(False, False), (True, False), (False, True)], ids=["plain", "pos-table", "affine-norms"])
+def test_latte_skip_parity_with_adapters(tmp_path, pos_table, affine):
+    sd = latte_state_dict(seed=3, pos_table=pos_table, affine=affine)
     torch.save({"ema": sd}, tmp_path / "Latte-skip.pt")
     overrides = [f"num_heads={HEADS}", f"video_length={FRAMES}"] + ([] if pos_table else [f"sample_size={LATENT}"])
     result = dit_cache.convert(tmp_path / "Latte-skip.pt", tmp_path / "out", "latte-skip", config=overrides)
     assert "caption_projection.y_embedding" in result.ignored_keys
     model = LatteTransformer3DModel.from_pretrained(tmp_path / "out").eval()
+    assert model.config.norm_elementwise_affine == affine
     assert (model.config.sample_size, model.config.video_length, model.config.caption_channels) == (LATENT, FRAMES, CAPTION)
     dit_cache.patch(model, "skip-dit", fusion="replace", interval=1)
     dit_cache.load_adapters(model, result.adapters)
@@ -341,13 +351,14 @@ def test_latte_skip_parity_with_adapters(tmp_path, pos_table):
     with torch.no_grad():
         out = model(x, timestep=t, encoder_hidden_states=text).sample
     ref = latte_forward(sd, *inputs)
-    MEASURED[f"latte-skip ({'with' if pos_table else 'without'} pos table)"] = d = _max_diff(out, ref)
+    label = "affine norms" if affine else ("with pos table" if pos_table else "plain")
+    MEASURED[f"latte-skip ({label})"] = d = _max_diff(out, ref)
     assert d < TOL, d
     assert ref.abs().max() > 0.5
     sd64, (x, t, text) = _double(sd, inputs)
     with torch.no_grad():
         out64 = model.double()(x, timestep=t, encoder_hidden_states=text).sample
-    MEASURED[f"latte-skip ({'with' if pos_table else 'without'} pos table), float64"] = d = _max_diff(out64, latte_forward(sd64, x, t, text))
+    MEASURED[f"latte-skip ({label}), float64"] = d = _max_diff(out64, latte_forward(sd64, x, t, text))
     assert d < 1e-10, d
 
 
@@ -432,6 +443,7 @@ def test_heads_and_config_errors(tmp_path):
     _convert_fails(tmp_path, src, match="num_heads=H", config=None)  # width 64 is not in DiT's table
     _convert_fails(tmp_path, src, match="does not divide", config={"num_heads": 5})
     _convert_fails(tmp_path, src, match="unknown --config", config={"num_head": 4})
+    _convert_fails(tmp_path, src, match="expected a positive int", config={"num_heads": "4"})
     _convert_fails(tmp_path, src, match="contradicts pos_embed", config={"num_heads": 4, "sample_size": 32})
     _convert_fails(tmp_path, src, match="expected a JSON file", config="num_heads")
     sd = dit_state_dict()
