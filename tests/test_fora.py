@@ -8,7 +8,15 @@ import torch.nn.functional as F
 
 import dit_cache
 from dit_cache import FORAConfig
-from dit_cache.models import build_pipeline, build_scheduler, build_transformer, family_of, pipeline_inputs, run_pipeline, transformer_inputs
+from dit_cache.models import (
+    build_pipeline,
+    build_scheduler,
+    build_transformer,
+    family_of,
+    pipeline_inputs,
+    run_pipeline,
+    transformer_inputs,
+)
 from reuse_helpers import SubmoduleCounter, predicted_counts
 
 
@@ -106,7 +114,9 @@ def test_hunyuan_native_long_skips_run_every_step():
     model = pipe.transformer
     calls = []
     handles = [
-        b.skip_linear.register_forward_pre_hook(lambda m, a: calls.append(1)) for b in model.blocks if b.skip_linear is not None
+        b.skip_linear.register_forward_pre_hook(lambda m, a: calls.append(1))
+        for b in model.blocks
+        if b.skip_linear is not None
     ]
     dit_cache.patch(pipe, "fora")
     steps = 6

@@ -8,7 +8,15 @@ from diffusers.hooks import HookRegistry, PyramidAttentionBroadcastConfig, apply
 
 import dit_cache
 from dit_cache import PABConfig
-from dit_cache.models import build_pipeline, build_scheduler, build_transformer, family_of, pipeline_inputs, run_pipeline, transformer_inputs
+from dit_cache.models import (
+    build_pipeline,
+    build_scheduler,
+    build_transformer,
+    family_of,
+    pipeline_inputs,
+    run_pipeline,
+    transformer_inputs,
+)
 from reuse_helpers import (
     SubmoduleCounter,
     block_index,
@@ -311,7 +319,8 @@ def test_mlp_broadcast_through_the_latte_pipeline():
             assert torch.equal(outs[i], outs[anchor]), (key, i)
     # attention broadcast is unchanged by the MLP option
     for kind in ("spatial", "temporal", "cross"):
-        assert s[f"{kind}_attn_reused"] == predicted_counts(pipe.transformer, PABConfig(**s["config"]), ts)[kind][1]
+        predicted = predicted_counts(pipe.transformer, PABConfig(**s["config"]), ts)
+        assert s[f"{kind}_attn_reused"] == predicted[kind][1]
     assert torch.isfinite(out).all()
 
 
