@@ -130,7 +130,7 @@ def instrumented_run(
 
 
 class _QuietProfile:
-    """`torch.profiler.profile(profile_memory=True)` on CPU; kineto prints `USDT: ...
+    """`torch.profiler.profile(profile_memory=True)` on CPU. Kineto prints `USDT: ...
     profiler_start/stop` lines on file descriptor 2 when it starts and stops, so fd 2 is
     silenced for exactly those two calls (not while the model runs)."""
 
@@ -138,8 +138,12 @@ class _QuietProfile:
         from torch.profiler import ProfilerActivity, profile
 
         self.prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        early = torch.empty(16)
         with _silenced_fd2():
             self.prof.__enter__()
+            # Freeing a block allocated before profiling started makes the CPU allocator warn
+            # ("Memory block of unknown size...") once per process: let that happen here, silenced.
+            del early
         return self.prof
 
     def __exit__(self, *exc):

@@ -407,7 +407,8 @@ def _load_directory(path: str, s: RunSettings) -> Runner:
             )
         fam = _PIPELINE_CLASSES[cls_name]
         try:
-            pipe = getattr(diffusers, cls_name).from_pretrained(path, local_files_only=True)
+            with _no_hub_progress():
+                pipe = getattr(diffusers, cls_name).from_pretrained(path, local_files_only=True)
         except Exception as err:  # noqa: BLE001 - any load failure is bad input here
             raise BenchInputError(f"cannot load the {cls_name} in {path}: {type(err).__name__}: {err}") from None
         tr = pipe.transformer
@@ -430,6 +431,22 @@ def _load_directory(path: str, s: RunSettings) -> Runner:
         f"{path} is not a diffusers model directory: no model_index.json (pipeline) or config.json "
         "(transformer) found"
     )
+
+
+class _no_hub_progress:
+    """diffusers' "Loading pipeline components" bar would interleave with the bench's own."""
+
+    def __enter__(self):
+        from diffusers.utils import logging as dlogging
+
+        self.was = dlogging.is_progress_bar_enabled()
+        dlogging.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        from diffusers.utils import logging as dlogging
+
+        if self.was:
+            dlogging.enable_progress_bar()
 
 
 def _load_transformer_dir(path: str, label: str, s: RunSettings) -> Runner:
