@@ -99,7 +99,7 @@ def wait_quiet(max_wait, threshold=0.1):
             return load.share
 
 
-def bench_shape(name, shape, rounds, min_run_time, max_wait, max_other=0.1):
+def bench_shape(name, shape, rounds, min_run_time, max_wait, max_other=0.1, log=None):
     x, s, p = make_case(*shape)
     D = shape[-1]
     cache: dict = {}
@@ -132,12 +132,18 @@ def bench_shape(name, shape, rounds, min_run_time, max_wait, max_other=0.1):
             if len(kept) == rounds:
                 break
             if i % rounds == 0:
-                wait_quiet(max_wait)
+                share = wait_quiet(max_wait, max_other)
+                if log is not None and share is not None:
+                    log(f"  other processes' CPU share before timing: {share:.0%}")
             order = variants if i % 2 == 0 else variants[::-1]
             with OtherLoad() as load:
                 rnd = {label: time_round(fn, min_run_time) for label, fn in order}
             rnd["other_load"] = load.share
-            (kept if load.share is None or load.share < max_other else dropped).append(rnd)
+            ok = load.share is None or load.share < max_other
+            (kept if ok else dropped).append(rnd)
+            if log is not None:
+                times = ", ".join(f"{k} {1e3 * rnd[k][0]:.2f}" for k, _ in variants)
+                log(f"  round {i}: {times} ms; other load {load.share:.0%} -> {'kept' if ok else 'dropped'}")
     use = kept if kept else dropped  # report contaminated rounds rather than nothing, flagged below
     med = {k: statistics.median(r[k][0] for r in use) for k, _ in variants}
     best = {k: min(r[k][1] for r in use) for k, _ in variants}
@@ -231,6 +237,7 @@ def main(argv=None):
     ap.add_argument("--min-run-time", type=float, default=0.5, help="seconds per timing round and variant")
     ap.add_argument("--quick", action="store_true", help="DiT shape only, 3 rounds (smoke run)")
     ap.add_argument("--max-wait", type=float, default=300, help="seconds to wait for other processes to go quiet per shape")
+    ap.add_argument("--max-other-load", type=float, default=0.1, help="drop rounds where other processes used more CPU share")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     shapes = {"DiT-XL/2": SHAPES["DiT-XL/2"]} if args.quick else SHAPES
@@ -241,7 +248,7 @@ def main(argv=None):
     results = []
     for name, shape in shapes.items():
         console.print(f"[bold]{name}[/] {shape} ...")
-        results.append(bench_shape(name, shape, rounds, args.min_run_time, args.max_wait))
+        results.append(bench_shape(name, shape, rounds, args.min_run_time, args.max_wait, args.max_other_load, console.print))
     info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     table = Table(title=f"Long-skip fusion, CPU fp32, {args.threads} threads (median of {rounds} alternating rounds)")

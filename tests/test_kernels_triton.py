@@ -179,7 +179,8 @@ else:
     def test_op_rejects_bad_dtypes_and_shapes():
         x, s, w1, w2, c, b = _op_args(False)
         with pytest.raises(TypeError, match="supports"):
-            K.skip_fusion(x.double(), s.double(), None, None, torch.randn(40, 80, dtype=torch.float64), None, backend="triton")
+            w64 = torch.randn(40, 80, dtype=torch.float64, device=x.device)
+            K.skip_fusion(x.double(), s.double(), None, None, w64, None, backend="triton")
         with pytest.raises(ValueError, match=r"\(D, D\)"):
             torch.ops.dit_cache.skip_fusion(x, s, w1[:, :8], w2, c, b, 1e-6, False)
         with pytest.raises(ValueError, match="fp32"):
