@@ -305,7 +305,7 @@ def _finetune(model, pipe, family, data, output_dir, cfg, vae, noise_scheduler, 
         raise DataError(f"clips have {dataset.sample_shape[1]} frames, the model takes {num_frames} (video_length)")
     if vae is not None:
         source, how = encode_latents(vae, dataset, channels=channels, size=resolution, sample=cfg.vae_sample,
-                                     batch=cfg.encode_batch_size, device=device, cache_dir=cfg.latent_cache, ctx=ctx)
+                                     batch=cfg.encode_batch_size, cache_dir=cfg.latent_cache, ctx=ctx)
         space = f"latent ({how} by {type(vae).__name__}, x{scale})"
     else:
         source, space = PixelSource(dataset, channels, resolution), "pixel"

@@ -81,13 +81,13 @@ class PixelSource:
 
 
 @torch.no_grad()
-def _encode(vae, dataset, channels: int, size: int, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode(vae, dataset, channels: int, size: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     from .data import adapt
 
     scale = float(vae.config.scaling_factor)
     shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
     means, stds = [], []
-    dtype = next(vae.parameters()).dtype
+    dtype, device = next(vae.parameters()).dtype, next(vae.parameters()).device  # encode where the VAE lives
     for i in range(0, len(dataset), batch):
         x = adapt(dataset.batch(torch.arange(i, min(i + batch, len(dataset)))), channels, size)
         video = x.dim() == 5
@@ -105,7 +105,7 @@ def _encode(vae, dataset, channels: int, size: int, batch: int, device) -> tuple
     return torch.cat(means), torch.cat(stds)
 
 
-def encode_latents(vae, dataset, *, channels: int, size: int, sample: bool, batch: int, device, cache_dir, ctx) -> tuple[LatentSource, str]:
+def encode_latents(vae, dataset, *, channels: int, size: int, sample: bool, batch: int, cache_dir, ctx) -> tuple[LatentSource, str]:
     """Encode every sample with the pipeline's VAE; with ``cache_dir`` the latents are stored as
     ``latents-<key>.safetensors`` where key = sha256(data, VAE weights + config, size, channels),
     written by rank 0 (atomically) and read by every rank."""
@@ -116,7 +116,7 @@ def encode_latents(vae, dataset, *, channels: int, size: int, sample: bool, batc
         note = f"cached ({path})"
     elif path is not None:
         if ctx.is_main:
-            mean, std = _encode(vae, dataset, channels, size, batch, device)
+            mean, std = _encode(vae, dataset, channels, size, batch)
             path.parent.mkdir(parents=True, exist_ok=True)
             _atomic_save({"mean": mean.contiguous(), "std": std.contiguous()}, path, {"format": "dit-cache-latents"})
             note = f"encoded and cached ({path})"
@@ -125,7 +125,7 @@ def encode_latents(vae, dataset, *, channels: int, size: int, sample: bool, batc
         tensors = load_file(str(path))
         mean, std = tensors["mean"], tensors["std"]
     else:
-        mean, std = _encode(vae, dataset, channels, size, batch, device)
+        mean, std = _encode(vae, dataset, channels, size, batch)
     return LatentSource(mean, std if sample else None), note
 
 

@@ -226,7 +226,16 @@ def test_pipeline_retrofit_every_family(name, tmp_path):
         assert not changed and any(k.startswith("dit_cache_lsc.") for k in after)
     meta = json.loads((tmp_path / "finetune.json").read_text())
     assert meta["adapters"] == ("native" if native else "residual") and meta["data"]["space"].startswith("latent")
-    assert list((tmp_path / "latents").glob("latents-*.safetensors"))
+    assert len(list((tmp_path / "latents").glob("latents-*.safetensors"))) == 1
+    if name == "tiny-dit":  # the cache is hit by the same data + VAE, missed by other data
+        from dit_cache.finetune_io import encode_latents
+        from dit_cache.finetune_state import DistContext
+
+        kw = dict(channels=3, size=128, sample=True, batch=4, cache_dir=tmp_path / "latents", ctx=DistContext())
+        src, note = encode_latents(pipe.vae, ds, **kw)
+        assert note.startswith("cached") and src.mean.shape == (4, 4, 16, 16) and (src.std > 0).all()
+        other = data.InMemoryDataset(ds.x.flip(0), labels=ds.labels)
+        assert encode_latents(pipe.vae, other, **kw)[1].startswith("encoded and cached")
     loaded = dit_cache.load_finetuned(tmp_path, pipeline=build_pipeline(name, seed=1))
     if name == "tiny-dit":  # fp16 result
         saved = load_file(str(tmp_path / "transformer" / "diffusion_pytorch_model.safetensors"))
