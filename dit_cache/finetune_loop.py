@@ -119,6 +119,14 @@ class BatchOrder:
         self._materialise()
 
 
+def _step_of(line: str) -> float:
+    """Step of a log line; a torn or foreign line sorts after every checkpoint (dropped)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 def _num(x: float):
     """JSON-safe number: non-finite values become strings ("nan", "inf")."""
     return x if math.isfinite(x) else str(x)
@@ -233,7 +241,7 @@ class Trainer:
         self.order.load_state_dict(state["order"])
         restore_rng(rng, self.generator)
         if self.ctx.is_main and self.log_path.exists():  # drop records written after the checkpoint
-            kept = [ln for ln in self.log_path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
+            kept = [ln for ln in self.log_path.read_text(encoding="utf-8").splitlines() if _step_of(ln) <= self.step]
             self.log_path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
 
     # -- one step ------------------------------------------------------------------------

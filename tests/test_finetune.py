@@ -149,6 +149,8 @@ def test_resume_reproduces_uninterrupted_run_exactly(tmp_path):
     with pytest.raises(Interrupt):
         dit_cache.finetune(tiny_dit(), digits_like(), tmp_path / "b", callback=stop_at_3, **opts)
     assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["checkpoint-00000003"]
+    with open(tmp_path / "b" / "train_log.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 0.1}\n{"step": 5, "lo')  # written after the checkpoint, then a torn line
     with pytest.raises(ValueError, match="already holds checkpoints"):
         dit_cache.finetune(tiny_dit(), digits_like(), tmp_path / "b", **opts)
     with pytest.raises(ValueError, match="configuration changed"):
