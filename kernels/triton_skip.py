@@ -119,11 +119,9 @@ def _skip_fusion_impl(
 
 
 def _register():
-    try:
-        op = torch.library.custom_op(OP_NAME, mutates_args=())(_skip_fusion_impl)
-    except RuntimeError:
-        # Already defined: this file was imported a second time under another module name.
-        return None
+    if hasattr(torch.ops.dit_cache, "skip_fusion"):
+        return None  # defined by an earlier import of this file under another module name
+    op = torch.library.custom_op(OP_NAME, mutates_args=())(_skip_fusion_impl)
     op.register_fake(_skip_fusion_fake)
     op.register_autograd(_backward, setup_context=_setup_context)
     return op
