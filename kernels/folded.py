@@ -85,8 +85,13 @@ def _needs_param_grad(params) -> bool:
 
 class _CacheEntry(NamedTuple):
     refs: tuple  # weakrefs to the params: a reused address must not hit a dead entry
-    versions: tuple  # p._version per param: in-place updates (optimizer.step) bump it
-    folded: FoldedSkipWeights
+    versions: tuple | None  # p._version per param: in-place updates (optimizer.step) bump it
+    folded: FoldedSkipWeights | None
+
+    def __reduce__(self):
+        # Pickling or deep-copying the module that owns the cache: weakrefs cannot be pickled
+        # and a copy must not point at the original's params. Copy an empty (always-miss) entry.
+        return (_CacheEntry, ((), None, None))
 
 
 def get_folded_weights(

@@ -48,6 +48,9 @@ def _check_op_args(x, s, w1, w2, c, bias) -> None:
     for name, t in (("c", c), ("bias", bias)):
         if tuple(t.shape) != (D,) or t.dtype != torch.float32:
             raise ValueError(f"folded {name} must be fp32 of shape ({D},), got {t.dtype} {tuple(t.shape)}")
+    for name, t in (("s", s), ("w1", w1), ("w2", w2), ("c", c), ("bias", bias)):
+        if t.device != x.device:  # the kernel would read another device's memory
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
 
 
 def _launch(x2, s2, w1, w2, c, bias, eps: float, residual: bool) -> torch.Tensor:

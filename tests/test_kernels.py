@@ -234,6 +234,38 @@ def test_cache_drops_entry_of_moved_params():
     assert_scaled_close(out, ref, 1e-5)
 
 
+class _Fusion(torch.nn.Module):
+    """A module owning its fold cache, as dit_cache.lsc.LongSkipFusion does."""
+
+    def __init__(self, D):
+        super().__init__()
+        self.norm, self.linear, self.cache = torch.nn.LayerNorm(2 * D), torch.nn.Linear(2 * D, D), {}
+
+    def forward(self, x, s):
+        n, lin = self.norm, self.linear
+        return K.skip_fusion(x, s, n.weight, n.bias, lin.weight, lin.bias, backend="torch", cache=self.cache)
+
+
+def test_module_owning_a_cache_can_be_pickled_and_deep_copied():
+    import copy
+    import io
+
+    m = _Fusion(16)
+    x, s = make_inputs((2, 3, 16))
+    with torch.no_grad():
+        m(x, s)
+        twin = copy.deepcopy(m)
+        with torch.no_grad():
+            twin.linear.weight.mul_(2.0)
+        buf = io.BytesIO()
+        torch.save(m, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        for mod in (m, twin, loaded):
+            ref = K.skip_fusion_reference(x, s, mod.norm.weight, mod.norm.bias, mod.linear.weight, mod.linear.bias)
+            assert_scaled_close(mod(x, s), ref, 1e-5)
+
+
 def test_two_models_do_not_share_fold_state():
     D = 16
     x, s = make_inputs((2, 3, D))
