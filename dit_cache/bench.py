@@ -5,16 +5,22 @@
     result.rows          # one dict per method (see ROW_KEYS)
     result.write_json("bench.json"); result.write_csv("bench.csv"); result.plot("bench.png")
 
-What one run does (per method, in the order given; `unpatched` and `none` are always added):
+What one run does (methods in the order given; `unpatched` and `none` are always added first):
 
-1. install the method (``dit_cache.patch`` for presets; diffusers' hooks for the peers);
-2. one *instrumented* generation on the first seed, untimed: FLOPs
-   (`torch.utils.flop_counter.FlopCounterMode`), peak memory, the step pattern; it doubles as
-   the first warm-up generation;
-3. ``warmup - 1`` more untimed generations, then ``repeats`` timed generations per seed;
-4. fidelity of each seed's final latents against the ``unpatched`` latents of the same seed;
-5. remove the method (the model is restored exactly: dit-cache's ``unpatch``; the peers'
-   hooks, registries and instance ``forward`` attributes are deleted).
+1. per method: install it (``dit_cache.patch`` for presets; diffusers' hooks for the peers),
+   run one *instrumented* generation on the first seed, untimed: FLOPs
+   (`torch.utils.flop_counter.FlopCounterMode`), peak memory, the step pattern (it doubles as
+   the first warm-up generation), then ``warmup - 1`` more untimed generations; remove it;
+2. timed generations, ``repeats`` per seed and method. ``order="interleaved"`` (default) runs
+   them in rounds, each round installing every method in turn (rotating who goes first) for one
+   generation per seed, so drift of a shared machine hits every method alike;
+   ``"sequential"`` runs all of a method's repeats in one installation;
+3. fidelity of each seed's final latents against the ``unpatched`` latents of the same seed.
+
+Removing a method restores the model exactly (dit-cache's ``unpatch``; the peers' hooks,
+registries and instance ``forward`` attributes are deleted). Re-installing a dit-cache method
+in every round rebuilds its state, e.g. Skip-Cache's fresh adapters fold their weights on their
+first call (inside the first timed generation of the round: ~0.1% of a DiT-XL generation).
 
 Speedup is against ``none`` (patched, step tracking on, nothing cached); ideal speedup is
 ``flops(none) / flops(method)``; efficiency = speedup / ideal speedup. The ``unpatched`` row
@@ -97,6 +103,7 @@ class BenchConfig:
     flops: bool = True
     memory: bool = True
     max_background: float | None = None  # redo a timed run if other processes used more CPU
+    order: str = "interleaved"  # timed runs: round-robin over methods, or "sequential"
     command: list[str] | None = None  # recorded in the JSON
 
 
@@ -221,8 +228,21 @@ class _Progress:
             self.bar.stop()
 
 
+def embedded_default_methods() -> list[str]:
+    """`ditcache bench` with no arguments: the default methods plus Skip-Cache with 2 shallow
+    blocks at each end (DiT-XL/2's k=4 of 28 blocks, scaled to DiT-S/2's 12)."""
+    methods = default_methods()
+    at = methods.index("skip-dit") + 1 if "skip-dit" in methods else len(methods)
+    return [*methods[:at], "skip-dit:shallow=2", *methods[at:]]
+
+
 def _specs(config: BenchConfig) -> list[MethodSpec]:
-    items = config.methods if config.methods else default_methods()
+    if config.methods:
+        items = config.methods
+    elif config.model == DEFAULT_MODEL:
+        items = embedded_default_methods()
+    else:
+        items = default_methods()
     specs = parse_methods(items)
     if not specs:
         raise BenchInputError("no methods given")
@@ -246,31 +266,78 @@ def _check_config(config: BenchConfig) -> None:
         raise BenchInputError("--seeds needs at least one seed")
     if len(set(config.seeds)) != len(config.seeds):
         raise BenchInputError(f"--seeds has duplicates: {config.seeds}")
+    if config.order not in ("interleaved", "sequential"):
+        raise BenchInputError(f"order must be 'interleaved' or 'sequential', got {config.order!r}")
     if config.threads is not None and config.threads < 1:
         raise BenchInputError(f"--threads must be >= 1, got {config.threads}")
 
 
-def _measure_method(spec, runner, seeds, prepared, references, config, progress, device) -> dict:
-    """Everything one rank measures for one method (plain Python data, gatherable)."""
-    import warnings
+class _Method:
+    """One method's measurements on this rank (plain Python data in `local`, gatherable)."""
 
-    with warnings.catch_warnings():
-        if spec.kind == "peer":  # e.g. FasterCache's torch.meshgrid indexing warning
+    def __init__(self, spec: MethodSpec):
+        self.spec = spec
+        self.local: dict[str, Any] = {"label": spec.label, "status": "ok", "samples": [], "background": []}
+        self.outputs: dict[int, torch.Tensor] = {}
+
+    @property
+    def ok(self) -> bool:
+        return self.local["status"] == "ok"
+
+    def fail(self, err: BaseException) -> None:
+        """A peer that cannot run on this model: an `n/a: reason` row, not a crash."""
+        if isinstance(err, PeerUnavailable):
+            self.local["status"] = f"n/a: {err}"
+        else:
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            self.local["status"] = f"n/a: {type(err).__name__}: {msg}"[:200]
+        self.local["samples"], self.local["background"] = [], []
+        self.outputs.clear()
+
+
+class _installed:
+    """`with _installed(method, runner) as applied:` - install, yield, always remove; peer
+    failures (at install or while running) mark the method n/a instead of raising."""
+
+    def __init__(self, method: _Method, runner):
+        self.method, self.runner, self.applied = method, runner, None
+
+    def __enter__(self):
+        import warnings
+
+        self.warnings = warnings.catch_warnings()
+        self.warnings.__enter__()
+        if self.method.spec.kind == "peer":  # e.g. FasterCache's torch.meshgrid indexing warning
             warnings.simplefilter("ignore", UserWarning)
-        return _measure_method_inner(spec, runner, seeds, prepared, references, config, progress, device)
+        try:
+            self.applied = apply_method(self.method.spec, self.runner)
+        except PeerUnavailable as err:
+            self.method.fail(err)
+        return self.applied
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if self.applied is not None:
+                self.applied.remove()
+        finally:
+            self.warnings.__exit__(None, None, None)
+        if exc is not None and isinstance(exc, Exception) and (
+            isinstance(exc, PeerUnavailable) or self.method.spec.kind == "peer"
+        ):
+            self.method.fail(exc)
+            return True  # swallowed: reported as an n/a row
+        return False
 
 
-def _measure_method_inner(spec, runner, seeds, prepared, references, config, progress, device) -> dict:
-    local: dict[str, Any] = {"label": spec.label, "status": "ok", "samples": [], "background": []}
-    try:
-        applied = apply_method(spec, runner)
-    except PeerUnavailable as err:
-        local["status"] = f"n/a: {err}"
-        return local
-    try:
+def _prepare_phase(method: _Method, runner, seeds, prepared, config, progress, device) -> None:
+    """Instrumented generation (FLOPs, memory, pattern) + extra warm-up generations."""
+    spec, local = method.spec, method.local
+    with _installed(method, runner) as applied:
+        if applied is None:
+            return
         local["config"] = applied.config_text()
         if not seeds:
-            return local
+            return
         first = prepared[seeds[0]]
         applied.before_generation()
         progress.update(f"{spec.label}: instrumented run")
@@ -295,49 +362,69 @@ def _measure_method_inner(spec, runner, seeds, prepared, references, config, pro
             applied.before_generation()
             runner.generate(first)
             progress.update(advance=1)
-        outputs: dict[int, torch.Tensor] = {}
-        for seed in seeds:
-            kept, attempts = 0, 0
-            while kept < config.repeats:
-                progress.update(f"{spec.label}: seed {seed}, run {kept + 1}/{config.repeats}")
-                applied.before_generation()
-                _sync(device)
-                with _BackgroundProbe() as probe:
-                    t0 = time.perf_counter()
-                    out = runner.generate(prepared[seed])
+
+
+def _timed_runs(method: _Method, runner, seeds, prepared, config, progress, device, rounds: int, tag: str) -> None:
+    """`rounds` timed generations per seed with the method installed once."""
+    spec, local = method.spec, method.local
+    with _installed(method, runner) as applied:
+        if applied is None:
+            return
+        for _ in range(rounds):
+            for seed in seeds:
+                progress.update(f"{spec.label}: seed {seed}, {tag}")
+                for attempt in range(3):
+                    applied.before_generation()
                     _sync(device)
-                    elapsed = time.perf_counter() - t0
-                attempts += 1
-                share = probe.share
-                noisy = config.max_background is not None and share is not None and share > config.max_background
-                if noisy and attempts < 3 * config.repeats:
-                    continue  # another process took the CPU: run again
+                    with _BackgroundProbe() as probe:
+                        t0 = time.perf_counter()
+                        out = runner.generate(prepared[seed])
+                        _sync(device)
+                        elapsed = time.perf_counter() - t0
+                    share = probe.share
+                    noisy = config.max_background is not None and share is not None and share > config.max_background
+                    if not noisy or attempt == 2:
+                        break  # else another process took the CPU: run again (at most 3 tries)
                 local["samples"].append(elapsed)
                 local["background"].append(share)
-                kept += 1
+                method.outputs[seed] = out
                 progress.update(advance=1)
-            outputs[seed] = out
-        if spec.name == UNPATCHED:
-            references.update(outputs)
-        psnr, ssim, max_abs = [], [], 0.0
-        for seed, out in outputs.items():
-            fid = fidelity(out, references[seed])
-            psnr += fid["psnr"]
-            ssim += fid["ssim"]
-            max_abs = max(max_abs, fid["max_abs_err"])
-        local.update(psnr_list=psnr, ssim_list=ssim, max_abs_err=max_abs)
-    except PeerUnavailable as err:
-        local["status"] = f"n/a: {err}"
-    except Exception as err:  # noqa: BLE001
-        if spec.kind != "peer":
-            raise
-        # a peer that cannot run on this model: an `n/a: reason` row, not a crash
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        local["status"] = f"n/a: {type(err).__name__}: {msg}"[:200]
-        local["samples"] = []
-    finally:
-        applied.remove()
-    return local
+
+
+def _fidelity(method: _Method, references: dict[int, torch.Tensor]) -> None:
+    psnr, ssim, max_abs = [], [], 0.0
+    for seed, out in method.outputs.items():
+        fid = fidelity(out, references[seed])
+        psnr += fid["psnr"]
+        ssim += fid["ssim"]
+        max_abs = max(max_abs, fid["max_abs_err"])
+    method.local.update(psnr_list=psnr, ssim_list=ssim, max_abs_err=max_abs)
+
+
+def _measure(specs, runner, seeds, prepared, config, progress, device, unavailable) -> list[dict]:
+    methods = [_Method(spec) for spec in specs]
+    for m in methods:
+        if unavailable[m.spec.label] is not None:
+            m.local["status"] = f"n/a: {unavailable[m.spec.label]}"
+    for m in methods:  # phase 1: instrumented + warm-up generations
+        if m.ok:
+            _prepare_phase(m, runner, seeds, prepared, config, progress, device)
+    if seeds:  # phase 2: timed generations
+        if config.order == "interleaved":
+            for r in range(config.repeats):
+                live = [m for m in methods if m.ok]
+                shift = r % max(1, len(live))  # rotate who goes first in each round
+                for m in live[shift:] + live[:shift]:
+                    _timed_runs(m, runner, seeds, prepared, config, progress, device, 1, f"round {r + 1}/{config.repeats}")
+        else:
+            for m in methods:
+                if m.ok:
+                    _timed_runs(m, runner, seeds, prepared, config, progress, device, config.repeats, "timed runs")
+    references = methods[0].outputs  # `unpatched` comes first
+    for m in methods:  # phase 3: fidelity against the unpatched outputs of the same seeds
+        if m.ok and m.outputs:
+            _fidelity(m, references)
+    return [m.local for m in methods]
 
 
 def run_bench(config: BenchConfig, progress: bool = False, console=None) -> "BenchResult":
@@ -362,17 +449,11 @@ def run_bench(config: BenchConfig, progress: bool = False, console=None) -> "Ben
         unavailable = {s.label: validate_method(s, runner) for s in specs}
         seeds = list(config.seeds)[dist.rank :: dist.world]
         prepared = {seed: runner.prepare(seed) for seed in seeds}
+        n_ok = sum(v is None for v in unavailable.values())
         per_method = 1 + max(0, config.warmup - 1) + config.repeats * len(seeds)
-        bar = _Progress(progress and dist.rank == 0, per_method * len(specs) if seeds else 0, console)
-        references: dict[int, torch.Tensor] = {}
-        local = []
+        bar = _Progress(progress and dist.rank == 0, per_method * n_ok if seeds else 0, console)
         try:
-            for spec in specs:
-                if unavailable[spec.label] is not None:
-                    local.append({"label": spec.label, "status": f"n/a: {unavailable[spec.label]}", "samples": []})
-                    bar.update(advance=per_method)
-                    continue
-                local.append(_measure_method(spec, runner, seeds, prepared, references, config, bar, device))
+            local = _measure(specs, runner, seeds, prepared, config, bar, device, unavailable)
         finally:
             bar.close()
         gathered = dist.gather({"rank": dist.rank, "seeds": seeds, "methods": local})
@@ -520,6 +601,7 @@ def _meta(config, runner, dist, threads, device, rows, timesteps) -> dict:
         "repeats": config.repeats,
         "warmup": config.warmup,
         "max_background": config.max_background,
+        "order": config.order,
         "memory_method": next((r.get("mem_method") for r in rows if r.get("mem_method")), None),
         "flop_counter": "torch.utils.flop_counter.FlopCounterMode (+ CPU flash-attention formula)",
         "summary": summary,
@@ -625,7 +707,11 @@ def plot_result(result: BenchResult, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(r["method"], r["psnr"], r["speedup"]) for r in result.rows if r["psnr"] is not None and r["speedup"]]
+    pts = [  # `unpatched` is the reference itself (and sits on top of `none`)
+        (r["method"], r["psnr"], r["speedup"])
+        for r in result.rows
+        if r["psnr"] is not None and r["speedup"] and r["preset"] != UNPATCHED
+    ]
     finite = [p for _, p, _ in pts if math.isfinite(p)]
     top = (max(finite) + 10.0) if finite else 100.0
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -636,7 +722,11 @@ def plot_result(result: BenchResult, path: str) -> None:
     run = result.meta.get("run", {})
     ax.set_xlabel("PSNR vs unpatched output (dB, higher = closer)")
     ax.set_ylabel("speedup vs none (x)")
-    ax.set_title(f"{run.get('model', '')}: {run.get('scheduler', '')} x {run.get('steps', '')} steps", fontsize=10)
+    ax.set_title(
+        f"{run.get('model', '')} ({run.get('runner', '')}): {run.get('scheduler', '')} x {run.get('steps', '')} steps, "
+        f"{run.get('resolution', '')} px, {run.get('dtype', '')}, {run.get('device', '')}",
+        fontsize=9,
+    )
     ax.axhline(1.0, color="gray", lw=0.5)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -700,9 +790,16 @@ def render_table(result: BenchResult, pattern_width: int = 60):
     notes = []
     if "none_vs_unpatched_latency" in s:
         notes.append(f"none vs unpatched latency: {s['none_vs_unpatched_latency'] * 100:+.1f}%")
-    notes.append(f"seeds {result.meta.get('seeds')}, {result.meta.get('repeats')} timed repeats after "
-                 f"{result.meta.get('warmup')} warm-up; world size {result.meta.get('world_size')}")
+    notes.append(f"seeds {result.meta.get('seeds')}, {result.meta.get('repeats')} timed repeats "
+                 f"({result.meta.get('order')}) after {result.meta.get('warmup')} warm-up; "
+                 f"world size {result.meta.get('world_size')}")
     notes.append(f"memory: {result.meta.get('memory_method')}")
+    busy = max((r["background_cpu"] for r in result.rows if r.get("background_cpu") is not None), default=None)
+    if busy is not None and busy > 0.25 and result.meta.get("world_size", 1) == 1:
+        notes.append(
+            f"[yellow]warning: other processes used up to {busy:.0%} of the CPUs during timed runs: latencies are "
+            "unreliable; rerun on a quiet machine (or with --max-background 0.1)[/yellow]"
+        )
     table.caption = "\n".join(["F = full step, c = cached step", *lines, *notes])
     table.caption_justify = "left"
     return table

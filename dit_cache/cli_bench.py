@@ -58,6 +58,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="untimed generations first; the first is the instrumented one (FLOPs, memory) (default 1)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; per rank under torchrun)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--order", choices=("interleaved", "sequential"), default="interleaved",
+                   help="timed runs in rounds over all methods (default), or each method's repeats in a row")
     p.add_argument("--loop", action="store_true", help="drive the bare transformer even when a pipeline exists")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip FLOP counting")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probe")
@@ -89,7 +91,7 @@ def cmd_bench(args) -> int:
         resolution=args.resolution, frames=args.frames, batch=args.batch, cfg_scale=args.cfg_scale,
         seeds=seeds, dtype=args.dtype, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
         device=args.device, loop=args.loop, flops=args.flops, memory=args.memory,
-        max_background=args.max_background, command=["ditcache", *sys.argv[1:]] if sys.argv else None,
+        max_background=args.max_background, order=args.order, command=["ditcache", *sys.argv[1:]] if sys.argv else None,
     )
     console = Console(stderr=True)
     try:

@@ -91,7 +91,9 @@ def test_tiny_dit_rows(dit_result):
 
 @pytest.mark.parametrize("model", ["tiny-latte", "tiny-hunyuan"])
 def test_video_and_hunyuan_rows(model):
-    result = _run(model, ["skip-dit", "fora", "diffusers-fastercache"])
+    order = "sequential" if model == "tiny-hunyuan" else "interleaved"
+    result = _run(model, ["skip-dit", "fora", "diffusers-fastercache"], order=order)
+    assert result.meta["order"] == order
     rows = _check_rows(result)
     fc = rows["diffusers-fastercache"]
     assert fc["status"] == "ok" or fc["status"].startswith("n/a: ")
