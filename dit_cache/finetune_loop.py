@@ -61,23 +61,6 @@ def no_builtin_label_dropout(model: nn.Module):
             m.dropout_prob = p
 
 
-@contextlib.contextmanager
-def reference_kernel_under_autocast(model: nn.Module, enabled: bool):
-    """The folded skip-fusion kernel mixes dtypes under torch.autocast (in-place addmm on a
-    bf16 result with fp32 weights); while training with autocast the inserted adapters use the
-    reference op (concat + LayerNorm + Linear), which autocast handles. Restored afterwards."""
-    state = get_state(model)
-    lscs = list(state.lscs.values()) if (enabled and state is not None and state.lscs is not None) else []
-    saved = [(m, m.kernel) for m in lscs]
-    for m in lscs:
-        m.kernel = "reference"
-    try:
-        yield
-    finally:
-        for m, k in saved:
-            m.kernel = k
-
-
 class BatchOrder:
     """Shuffled sample order per epoch from `DistributedSampler` (seed + epoch), batched per rank;
     its whole state is (epoch, batches consumed in the epoch)."""
@@ -312,8 +295,7 @@ class Trainer:
         start = time.perf_counter()
         first = self.step
         try:
-            with bar, no_builtin_label_dropout(self.model), \
-                    reference_kernel_under_autocast(self.model, cfg.mixed_precision == "bf16"):
+            with bar, no_builtin_label_dropout(self.model):
                 while self.step < self.total:
                     record = self.train_step()
                     record["elapsed"] = round(time.perf_counter() - start, 4)

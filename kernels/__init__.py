@@ -58,6 +58,17 @@ def skip_fusion(
     parameter changes in place and bypassed when the parameters need gradients.
     """
     check_skip_fusion_args(x, s, norm_weight, norm_bias, weight, bias)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        # The fused paths mix in-place GEMMs with fp32 epilogues, which autocast cannot cast
+        # per op. Do what autocast does for the Linear, once: inputs in the autocast dtype,
+        # the whole op with autocast off (the LayerNorm statistics stay fp32 inside).
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):
+            return skip_fusion(
+                x.to(dtype), s.to(dtype), norm_weight, norm_bias, weight.to(dtype), None if bias is None else bias.to(dtype),
+                eps=eps, residual=residual, backend=backend, cache=None,
+            )
     which = resolve_backend(backend, x.device)
     if which == "reference":
         return skip_fusion_reference(x, s, norm_weight, norm_bias, weight, bias, eps=eps, residual=residual)

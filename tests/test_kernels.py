@@ -439,3 +439,19 @@ def test_xformers_needs_cuda_clear_error():
     with pytest.raises(RuntimeError, match=r"pip install dit-cache\[xformers\]"):
         K.enable_xformers(m)
     assert not m.called
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_skip_fusion_under_cpu_autocast_matches_reference(backend, residual):
+    """Under autocast the op behaves like the reference op would (Linear in the autocast dtype)."""
+    g = torch.Generator().manual_seed(0)
+    D = 24
+    x, s = torch.randn(2, 5, D, generator=g), torch.randn(2, 5, D, generator=g)
+    nw, nb = torch.randn(2 * D, generator=g), torch.randn(2 * D, generator=g)
+    w, b = torch.randn(D, 2 * D, generator=g) * 0.1, torch.randn(D, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = K.skip_fusion(x, s, nw, nb, w, b, residual=residual, backend=backend, cache={})
+        expected = K.skip_fusion_reference(x.bfloat16(), s.bfloat16(), nw, nb, w.bfloat16(), b.bfloat16(), residual=residual)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected.float(), rtol=2e-2, atol=2e-2)
