@@ -18,9 +18,9 @@ What one run does (methods in the order given; `unpatched` and `none` are always
 3. fidelity of each seed's final latents against the ``unpatched`` latents of the same seed.
 
 Removing a method restores the model exactly (dit-cache's ``unpatch``; the peers' hooks,
-registries and instance ``forward`` attributes are deleted). Re-installing a dit-cache method
-in every round rebuilds its state, e.g. Skip-Cache's fresh adapters fold their weights on their
-first call (inside the first timed generation of the round: ~0.1% of a DiT-XL generation).
+registries and instance ``forward`` attributes are deleted). After every installation a
+one-step generation runs untimed, so that what a method builds on its first call (Skip-Cache's
+fresh adapters fold their weights, caches get their memory) is not timed.
 
 Speedup is against ``none`` (patched, step tracking on, nothing cached); ideal speedup is
 ``flops(none) / flops(method)``; efficiency = speedup / ideal speedup. The ``unpatched`` row
@@ -71,7 +71,7 @@ DEFAULT_STEPS = 20
 #: Keys every row carries (JSON and CSV).
 ROW_KEYS = (
     "method", "preset", "kind", "status", "config",
-    "latency_s", "latency_iqr_s", "latency_q1_s", "latency_q3_s", "n_timed",
+    "latency_s", "latency_iqr_s", "latency_q1_s", "latency_q3_s", "latency_min_s", "n_timed",
     "speedup", "flops", "transformer_flops", "ideal_speedup", "efficiency",
     "peak_mem_bytes", "state_bytes", "activation_peak_bytes", "mem_overhead_bytes",
     "full_steps", "cached_steps", "pattern",
@@ -370,6 +370,8 @@ def _timed_runs(method: _Method, runner, seeds, prepared, config, progress, devi
     with _installed(method, runner) as applied:
         if applied is None:
             return
+        applied.before_generation()
+        runner.prime(prepared[seeds[0]])  # first call after installing: untimed
         for _ in range(rounds):
             for seed in seeds:
                 progress.update(f"{spec.label}: seed {seed}, {tag}")

@@ -207,6 +207,13 @@ class AppliedDitCache(Applied):
         except (TypeError, ValueError) as err:
             raise BenchInputError(f"method {spec.label!r}: {err}") from None
 
+    def before_generation(self) -> None:
+        # New generations are detected from the timesteps anyway; resetting makes a generation
+        # that follows a priming run at the same first timestep start fresh too.
+        from . import reset
+
+        reset(self.runner.patch_target)
+
     def stats(self) -> dict | None:
         from . import stats
 
@@ -342,7 +349,6 @@ def pab_peer_settings(spec: MethodSpec) -> dict:
 
 
 class AppliedDiffusersPAB(_PeerHooks):
-    from_name = "pyramid_attention_broadcast"
     hook_names = ("pyramid_attention_broadcast",)
 
     def install(self) -> None:

@@ -204,14 +204,14 @@ def _is_cpu_mem(event) -> bool:
 
 def latency_stats(samples: list[float]) -> dict[str, Any]:
     if not samples:
-        return {"latency_s": None, "latency_q1_s": None, "latency_q3_s": None, "latency_iqr_s": None}
+        return {"latency_s": None, "latency_q1_s": None, "latency_q3_s": None, "latency_iqr_s": None, "latency_min_s": None}
     xs = sorted(samples)
     med = statistics.median(xs)
     if len(xs) >= 2:
         q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
     else:
         q1 = q3 = xs[0]
-    return {"latency_s": med, "latency_q1_s": q1, "latency_q3_s": q3, "latency_iqr_s": q3 - q1}
+    return {"latency_s": med, "latency_q1_s": q1, "latency_q3_s": q3, "latency_iqr_s": q3 - q1, "latency_min_s": xs[0]}
 
 
 # ------------------------------------------------------------------------------------------

@@ -92,8 +92,15 @@ class Runner:
     def prepare(self, seed: int) -> Any:
         raise NotImplementedError
 
-    def generate(self, prepared: Any) -> torch.Tensor:
+    def generate(self, prepared: Any, steps: int | None = None) -> torch.Tensor:
+        """One whole generation; `steps` overrides the step count (used to prime a method)."""
         raise NotImplementedError
+
+    def prime(self, prepared: Any) -> None:
+        """A one-step generation: the first call after installing a method builds its state
+        (e.g. Skip-Cache folds its adapter weights, caches get their first memory) outside the
+        timed generations."""
+        self.generate(prepared, steps=1)
 
     def modules(self) -> list[nn.Module]:
         return [self.transformer]
@@ -203,10 +210,12 @@ class PipelineRunner(Runner):
             return dict(prompt=prompts, negative_prompt="", video_length=self.frames, clean_caption=False, **size, **common)
         return dict(prompt=prompts, use_resolution_binning=False, **size, **common)
 
-    def generate(self, prepared: dict) -> torch.Tensor:
+    def generate(self, prepared: dict, steps: int | None = None) -> torch.Tensor:
         from .models import run_pipeline
 
         seed = prepared["generator"].initial_seed()
+        if steps is not None:
+            prepared = {**prepared, "num_inference_steps": steps, "generator": torch.Generator().manual_seed(seed)}
         return run_pipeline(self.pipe, prepared, seed=seed, return_latents=True)
 
 
@@ -282,10 +291,10 @@ class TransformerRunner(Runner):
         return dict(seed=seed, noise=noise, cond=cond)
 
     @torch.no_grad()
-    def generate(self, prepared: dict) -> torch.Tensor:
+    def generate(self, prepared: dict, steps: int | None = None) -> torch.Tensor:
         seed, cond = prepared["seed"], prepared["cond"]
         sched = self.scheduler
-        sched.set_timesteps(self.s.steps)
+        sched.set_timesteps(steps or self.s.steps)
         with self._rng_generation(seed):
             if self.family == "dit":
                 return self._dit_loop(prepared["noise"], cond, sched)
