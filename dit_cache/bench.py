@@ -12,15 +12,15 @@ What one run does (methods in the order given; `unpatched` and `none` are always
    (`torch.utils.flop_counter.FlopCounterMode`), peak memory, the step pattern (it doubles as
    the first warm-up generation), then ``warmup - 1`` more untimed generations; remove it;
 2. timed generations, ``repeats`` per seed and method. ``order="interleaved"`` (default) runs
-   them in rounds, each round installing every method in turn (rotating who goes first) for one
-   generation per seed, so drift of a shared machine hits every method alike;
+   them in rounds, each round installing every method in turn (in a new seeded order after the
+   first round) for one generation per seed, so drift of a shared machine hits every method alike;
    ``"sequential"`` runs all of a method's repeats in one installation;
 3. fidelity of each seed's final latents against the ``unpatched`` latents of the same seed.
 
 Removing a method restores the model exactly (dit-cache's ``unpatch``; the peers' hooks,
 registries and instance ``forward`` attributes are deleted). After every installation a
-one-step generation runs untimed, so that what a method builds on its first call (Skip-Cache's
-fresh adapters fold their weights, caches get their memory) is not timed.
+two-step generation runs untimed, so that what a method builds on its first calls (Skip-Cache's
+fresh adapters fold their weights, caches and the allocator get their memory) is not timed.
 
 Speedup is against ``none`` (patched, step tracking on, nothing cached); ideal speedup is
 ``flops(none) / flops(method)``; efficiency = speedup / ideal speedup. The ``unpatched`` row
@@ -124,6 +124,8 @@ class _Dist:
         import torch.distributed as dist
 
         owned = False
+        if device_type == "cuda":  # nccl's gather_object sends from the current device
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
             owned = True
@@ -413,10 +415,13 @@ def _measure(specs, runner, seeds, prepared, config, progress, device, unavailab
             _prepare_phase(m, runner, seeds, prepared, config, progress, device)
     if seeds:  # phase 2: timed generations
         if config.order == "interleaved":
+            import random
+
             for r in range(config.repeats):
                 live = [m for m in methods if m.ok]
-                shift = r % max(1, len(live))  # rotate who goes first in each round
-                for m in live[shift:] + live[:shift]:
+                if r:  # a new (seeded) order each round: no method always follows the same one
+                    random.Random(r).shuffle(live)
+                for m in live:
                     _timed_runs(m, runner, seeds, prepared, config, progress, device, 1, f"round {r + 1}/{config.repeats}")
         else:
             for m in methods:

@@ -97,10 +97,10 @@ class Runner:
         raise NotImplementedError
 
     def prime(self, prepared: Any) -> None:
-        """A one-step generation: the first call after installing a method builds its state
-        (e.g. Skip-Cache folds its adapter weights, caches get their first memory) outside the
-        timed generations."""
-        self.generate(prepared, steps=1)
+        """A two-step generation (a full and, for most methods, a cached step): what a method
+        builds on its first calls after being installed (Skip-Cache folds its adapter weights,
+        caches and the allocator get their memory) is then not timed."""
+        self.generate(prepared, steps=min(2, self.s.steps))
 
     def modules(self) -> list[nn.Module]:
         return [self.transformer]

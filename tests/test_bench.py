@@ -247,3 +247,12 @@ def test_torchrun_two_ranks_shard_seeds(tmp_path):
         assert row["n_images"] == 2
     assert proc.stdout.count("tiny-dit (DiTTransformer2DModel") == 1  # one table, printed by rank 0 only
     assert "Traceback" not in proc.stderr
+
+
+def test_without_flops_and_memory():
+    result = _run("tiny-dit", ["skip-dit", "diffusers-pab"], flops=False, memory=False)
+    for r in result.rows:
+        assert r["flops"] is None and r["ideal_speedup"] is None and r["peak_mem_bytes"] is None
+        assert r["latency_s"] > 0 and r["speedup"] > 0
+    assert result.row("skip-dit")["full_steps"] + result.row("skip-dit")["cached_steps"] == STEPS
+    assert result.row("diffusers-pab")["pattern"] is None  # peers' patterns come from per-call FLOPs
