@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/ditcache demo
+	$(BIN)/ditcache bench
 
 test: $(STAMP)
 	$(BIN)/pytest -q
