@@ -256,3 +256,11 @@ def test_without_flops_and_memory():
         assert r["latency_s"] > 0 and r["speedup"] > 0
     assert result.row("skip-dit")["full_steps"] + result.row("skip-dit")["cached_steps"] == STEPS
     assert result.row("diffusers-pab")["pattern"] is None  # peers' patterns come from per-call FLOPs
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    import dit_cache.bench as bench
+
+    monkeypatch.setattr(bench, "plot_available", lambda: (False, "--plot needs matplotlib, which is not installed"))
+    assert main(["bench", "--model", "tiny-dit", "--no-progress", "--plot", str(tmp_path / "p.png")]) == 2
+    assert "needs matplotlib" in capsys.readouterr().out  # checked before anything runs
