@@ -19,6 +19,7 @@ from .schedules import (  # noqa: E402
 )
 from .spectral import cap_spectral_norm_, spectral_norms  # noqa: E402
 from .convert import convert, use_original_dit_timestep_embedding  # noqa: E402
+from . import zoo  # noqa: E402,F401  (dit_cache.zoo.load / .path / .meta)
 
 __all__ = [
     "patch",

@@ -62,20 +62,35 @@ from .bench_methods import (
 from .bench_metrics import fidelity, instrumented_run, latency_stats, mean_or_none, mean_psnr
 from .bench_runner import RunSettings, load_runner, resolve_dtype
 
-__all__ = ["BenchConfig", "BenchResult", "run_bench", "ROW_KEYS", "DEFAULT_MODEL", "BenchInputError", "render_table"]
+__all__ = [
+    "BenchConfig", "BenchResult", "SuiteResult", "run_bench", "ROW_KEYS", "DEFAULT_MODEL", "DEFAULT_SUITE",
+    "BenchInputError", "render_table",
+]
 
-#: The embedded default (``ditcache bench`` with no arguments).
-DEFAULT_MODEL = "dit-s-2"
+#: The embedded default (``ditcache bench`` with no arguments): the trained zoo's vanilla DiT
+#: (FORA, PAB, Skip-Cache with untrained adapters) and its retrofit (Skip-Cache with trained
+#: adapters), side by side; see dit_cache.zoo.
+DEFAULT_SUITE = ("mnist-dit", "mnist-dit-retrofit")
+DEFAULT_MODEL = DEFAULT_SUITE[0]
 DEFAULT_STEPS = 20
+ZOO_DEFAULT_BATCH = 20  # 2 samples per digit class per seed
+
+#: Methods benchmarked on a zoo model when none are given.
+ZOO_DEFAULT_METHODS = {
+    "mnist-dit": ["skip-dit-2", "fora-2", "fora-3", "pab-236", "pab-469"],
+    "mnist-dit-retrofit": ["skip-dit-2", "skip-dit-3", "skip-dit-4"],
+    "mnist-skip-dit": ["skip-dit-2", "skip-dit-3", "skip-dit-4"],
+    "mnist-latte": ["skip-dit-2", "skip-dit-3", "fora-2", "pab-236", "pab-469"],
+}
 
 #: Keys every row carries (JSON and CSV).
 ROW_KEYS = (
-    "method", "preset", "kind", "status", "config",
+    "model", "method", "preset", "kind", "status", "config",
     "latency_s", "latency_iqr_s", "latency_q1_s", "latency_q3_s", "latency_min_s", "n_timed",
     "speedup", "flops", "transformer_flops", "ideal_speedup", "efficiency",
     "peak_mem_bytes", "state_bytes", "activation_peak_bytes", "mem_overhead_bytes",
     "full_steps", "cached_steps", "pattern",
-    "psnr", "ssim", "max_abs_err", "n_images", "background_cpu",
+    "psnr", "ssim", "max_abs_err", "n_images", "fid_mnist", "class_acc", "n_quality", "background_cpu",
 )
 
 
@@ -241,7 +256,9 @@ def embedded_default_methods() -> list[str]:
 def _specs(config: BenchConfig) -> list[MethodSpec]:
     if config.methods:
         items = config.methods
-    elif config.model == DEFAULT_MODEL:
+    elif config.model in ZOO_DEFAULT_METHODS:
+        items = ZOO_DEFAULT_METHODS[config.model]
+    elif config.model == "dit-s-2":
         items = embedded_default_methods()
     else:
         items = default_methods()
@@ -427,10 +444,14 @@ def _measure(specs, runner, seeds, prepared, config, progress, device, unavailab
             for m in methods:
                 if m.ok:
                     _timed_runs(m, runner, seeds, prepared, config, progress, device, config.repeats, "timed runs")
-    references = methods[0].outputs  # `unpatched` comes first
-    for m in methods:  # phase 3: fidelity against the unpatched outputs of the same seeds
-        if m.ok and m.outputs:
-            _fidelity(m, references)
+    # phase 3: fidelity against the reference outputs of the same seeds: `unpatched` (first),
+    # or `none` for a model whose trained long-skip adapters are part of its function
+    ref = methods[1] if getattr(runner, "adapter_fusion", None) else methods[0]
+    for m in methods:
+        if m.ok and m.outputs and ref.outputs:
+            _fidelity(m, ref.outputs)
+        if m.ok and m.outputs and hasattr(runner, "quality"):
+            m.local.update(runner.quality(m.outputs))
     return [m.local for m in methods]
 
 
@@ -479,7 +500,7 @@ def _hidden_state_bytes(runner) -> int:
     batched: one batch of 2B)."""
     cfg = runner.transformer.config
     dim = int(cfg.num_attention_heads) * int(cfg.attention_head_dim)
-    side = runner.resolution // 8 // int(cfg.patch_size)
+    side = runner.resolution // runner.vae_factor // int(cfg.patch_size)
     tokens = side * side * (runner.frames if runner.family == "latte" else 1)
     batch = runner.s.batch * (2 if runner.cfg else 1)
     return batch * tokens * dim * torch.empty((), dtype=runner.s.dtype).element_size()
@@ -505,6 +526,7 @@ def _merge(specs, gathered, runner, timesteps) -> list[dict]:
         ssim = [x for p in parts for x in p.get("ssim_list", [])]
         peaks = [p["peak_mem_bytes"] for p in parts if p.get("peak_mem_bytes") is not None]
         row: dict[str, Any] = {
+            "model": runner.label,
             "method": spec.label,
             "preset": spec.name,
             "kind": spec.kind,
@@ -524,6 +546,10 @@ def _merge(specs, gathered, runner, timesteps) -> list[dict]:
             "ssim": mean_or_none(ssim) if status == "ok" else None,
             "max_abs_err": max((p["max_abs_err"] for p in parts if "max_abs_err" in p), default=None),
             "n_images": len(psnr),
+            # zoo models; with several ranks FID is the mean of the ranks' FIDs (each over its seeds)
+            "fid_mnist": mean_or_none([p.get("fid_mnist") for p in parts]) if status == "ok" else None,
+            "class_acc": _weighted([(p.get("class_acc"), p.get("n_quality")) for p in parts]) if status == "ok" else None,
+            "n_quality": sum(p.get("n_quality") or 0 for p in parts) or None,
             "seeds": sorted(s for p in gathered for s in p["seeds"]) if status == "ok" else [],
             "background_cpu": max(background) if background else None,
         }
@@ -553,6 +579,11 @@ def _merge(specs, gathered, runner, timesteps) -> list[dict]:
         up = unpatched and unpatched["peak_mem_bytes"]
         row["mem_overhead_bytes"] = row["peak_mem_bytes"] - up if row["peak_mem_bytes"] is not None and up is not None else None
     return rows
+
+
+def _weighted(pairs) -> float | None:
+    pairs = [(v, n) for v, n in pairs if v is not None and n]
+    return sum(v * n for v, n in pairs) / sum(n for _, n in pairs) if pairs else None
 
 
 def _machine() -> dict:
@@ -688,7 +719,31 @@ class BenchResult:
                 writer.writerow({k: (" ".join(map(str, r[k])) if isinstance(r.get(k), list) else r.get(k)) for k in keys})
 
     def plot(self, path: str) -> None:
-        plot_result(self, path)
+        plot_results([self], path)
+
+
+@dataclass
+class SuiteResult:
+    """Several models benchmarked one after the other (``ditcache bench --model A B``)."""
+
+    results: list[BenchResult]
+    rank: int = 0
+
+    def to_dict(self) -> dict:
+        return {"suite": [r.to_dict() for r in self.results]}
+
+    def write_json(self, path: str) -> None:
+        _ensure_dir(path)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=1, allow_nan=False)
+            f.write("\n")
+
+    def write_csv(self, path: str) -> None:
+        merged = BenchResult(rows=[r for res in self.results for r in res.rows], meta={})
+        merged.write_csv(path)
+
+    def plot(self, path: str) -> None:
+        plot_results(self.results, path)
 
 
 def _ensure_dir(path: str) -> None:
@@ -705,7 +760,12 @@ def plot_available() -> tuple[bool, str]:
 
 
 def plot_result(result: BenchResult, path: str) -> None:
-    """Speedup (vs `none`) against PSNR (vs `unpatched`), one labelled point per method."""
+    plot_results([result], path)
+
+
+def plot_results(results: list[BenchResult], path: str) -> None:
+    """Speedup (vs `none`) against PSNR (vs the reference), one labelled point per method (and
+    model, when there are several)."""
     ok, reason = plot_available()
     if not ok:
         raise MissingDependency(reason)
@@ -714,8 +774,10 @@ def plot_result(result: BenchResult, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    several = len(results) > 1
     pts = [  # `unpatched` is the reference itself (and sits on top of `none`)
-        (r["method"], r["psnr"], r["speedup"])
+        ((f"{r['model']}: " if several else "") + r["method"], r["psnr"], r["speedup"])
+        for result in results
         for r in result.rows
         if r["psnr"] is not None and r["speedup"] and r["preset"] != UNPATCHED
     ]
@@ -726,8 +788,10 @@ def plot_result(result: BenchResult, path: str) -> None:
         x = p if math.isfinite(p) else top
         ax.scatter([x], [s], marker="o" if math.isfinite(p) else "D")
         ax.annotate(label + ("" if math.isfinite(p) else " (identical)"), (x, s), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    run = result.meta.get("run", {})
-    ax.set_xlabel("PSNR vs unpatched output (dB, higher = closer)")
+    run = results[0].meta.get("run", {})
+    if several:
+        run = {**run, "model": ", ".join(r.meta.get("run", {}).get("model", "") for r in results)}
+    ax.set_xlabel("PSNR vs the model's full output (dB, higher = closer)")
     ax.set_ylabel("speedup vs none (x)")
     ax.set_title(
         f"{run.get('model', '')} ({run.get('runner', '')}): {run.get('scheduler', '')} x {run.get('steps', '')} steps, "
@@ -774,6 +838,9 @@ def render_table(result: BenchResult, pattern_width: int = 60):
         ("ideal", "right"), ("eff.", "right"), ("peak MiB", "right"), ("full/cached", "right"), ("PSNR dB", "right"),
         ("SSIM", "right"), ("max|err|", "right"),
     ]
+    quality = any(r.get("fid_mnist") is not None or r.get("class_acc") is not None for r in result.rows)
+    if quality:  # zoo models: FID-MNIST and class accuracy of the samples
+        cols += [("FID-MNIST", "right"), ("class acc", "right")]
     for name, justify in cols:
         table.add_column(name, justify=justify, no_wrap=name == "method")
     for r in result.rows:
@@ -786,6 +853,7 @@ def render_table(result: BenchResult, pattern_width: int = 60):
             _fmt(r["flops"] / 1e9 if r["flops"] is not None else None, ",.1f"), _fmt(r["ideal_speedup"], ".2f"),
             _fmt(r["efficiency"], ".2f"), _fmt_bytes(r["peak_mem_bytes"]), steps, _fmt(r["psnr"], ".1f"),
             _fmt(r["ssim"], ".4f"), _fmt(r["max_abs_err"], ".3g"),
+            *([_fmt(r.get("fid_mnist"), ".2f"), _fmt(r.get("class_acc"), ".3f")] if quality else []),
         )
     lines = []
     for r in result.rows:

@@ -203,7 +203,13 @@ class AppliedDitCache(Applied):
 
         self.runner = runner
         try:
-            patch(runner.patch_target, spec.name, **spec.options)
+            if getattr(runner, "adapter_fusion", None):  # a model trained with long-skip adapters
+                from .bench_zoo import install_with_adapters
+
+                install_with_adapters(runner, spec)
+            else:
+                options = runner.method_options(spec) if hasattr(runner, "method_options") else spec.options
+                patch(runner.patch_target, spec.name, **options)
         except (TypeError, ValueError) as err:
             raise BenchInputError(f"method {spec.label!r}: {err}") from None
 
@@ -443,10 +449,14 @@ def peer_available(name: str) -> tuple[bool, str]:
 
 def apply_method(spec: MethodSpec, runner) -> Applied:
     """Install `spec` on the runner's model; raises PeerUnavailable / BenchInputError."""
-    if spec.kind == "baseline":
-        return Applied(spec)
     if spec.kind == "dit-cache":
         return AppliedDitCache(spec, runner)
+    if getattr(runner, "adapter_fusion", None):
+        from .bench_zoo import NO_ADAPTER_METHODS
+
+        raise PeerUnavailable(f"{spec.name} {NO_ADAPTER_METHODS}")
+    if spec.kind == "baseline":
+        return Applied(spec)
     ok, reason = peer_available(spec.name if spec.name == PEER_FASTERCACHE else PEER_PAB)
     if not ok:
         raise PeerUnavailable(reason)

@@ -74,6 +74,7 @@ class RunSettings:
 
 class Runner:
     kind = "?"
+    vae_factor = VAE_FACTOR  # pixels per latent pixel (1: a pixel-space model)
     family: str
     transformer: nn.Module
     patch_target: Any
@@ -120,7 +121,7 @@ class Runner:
             "scheduler": type(self.scheduler).__name__,
             "steps": self.s.steps,
             "resolution": self.resolution,
-            "latent_size": self.resolution // VAE_FACTOR,
+            "latent_size": self.resolution // self.vae_factor,
             "frames": self.frames if self.family == "latte" else None,
             "batch": self.s.batch,
             "cfg_scale": self.cfg_scale,
@@ -148,14 +149,16 @@ class _SeededRng:
         return self.fork.__exit__(*exc)
 
 
-def _check_geometry(family: str, patch: int, settings: RunSettings, native_res: int, video_length: int | None):
+def _check_geometry(family: str, patch: int, settings: RunSettings, native_res: int, video_length: int | None,
+                    factor: int = VAE_FACTOR):
     res = settings.resolution
     if res is not None:
-        step = VAE_FACTOR * patch
+        step = factor * patch
         if res <= 0 or res % step:
+            why = f"{factor}x VAE x patch size {patch}" if factor > 1 else f"patch size {patch}, pixel space"
             raise BenchInputError(
                 f"--resolution {res} is impossible for this {family} model: it must be a positive "
-                f"multiple of {step} px (8x VAE x patch size {patch}); native is {native_res} px"
+                f"multiple of {step} px ({why}); native is {native_res} px"
             )
     if settings.frames is not None:
         if family != "latte":
@@ -173,9 +176,9 @@ def _check_geometry(family: str, patch: int, settings: RunSettings, native_res: 
         raise BenchInputError(f"--cfg-scale must be >= 0, got {settings.cfg_scale}")
 
 
-def _family_geometry(family: str, transformer: nn.Module) -> tuple[int, int, int | None]:
+def _family_geometry(family: str, transformer: nn.Module, factor: int = VAE_FACTOR) -> tuple[int, int, int | None]:
     cfg = transformer.config
-    native = int(cfg.sample_size) * VAE_FACTOR
+    native = int(cfg.sample_size) * factor
     return int(cfg.patch_size), native, (int(cfg.video_length) if family == "latte" else None)
 
 
@@ -231,7 +234,7 @@ class TransformerRunner(Runner):
         self.transformer = transformer
         self.patch_target = transformer
         self.scheduler = scheduler
-        patch, native, video_length = _family_geometry(family, transformer)
+        patch, native, video_length = _family_geometry(family, transformer, self.vae_factor)
         super().__init__(label, family, settings, native, video_length)
         self._step_params = set(inspect.signature(scheduler.step).parameters)
 
@@ -248,7 +251,7 @@ class TransformerRunner(Runner):
         dev, dtype = self.s.device, self.s.dtype
         b = self.s.batch
         nb = 2 * b if self.cfg else b
-        s = self.resolution // VAE_FACTOR
+        s = self.resolution // self.vae_factor
         g = torch.Generator().manual_seed(seed)
         c = int(cfg.in_channels)
         shape = (b, c, self.frames, s, s) if self.family == "latte" else (b, c, s, s)
@@ -479,16 +482,31 @@ def _load_transformer_dir(path: str, label: str, s: RunSettings) -> Runner:
     return TransformerRunner(label, tr, fam, _scheduler_for(s.scheduler, fam), s)
 
 
-def load_runner(model: str, settings: RunSettings) -> Runner:
-    """A runner for a built-in model name or a local diffusers directory (BenchInputError if neither)."""
+def check_model_name(model: str) -> None:
+    """BenchInputError unless `model` names a built-in, a zoo model or an existing directory."""
     from .models import MODEL_CONFIGS
+    from .zoo import ZOO_MODELS
 
-    if model in MODEL_CONFIGS:
-        return _load_builtin(model, settings)
-    if os.path.isdir(model):
-        return _load_directory(model, settings)
+    if model in MODEL_CONFIGS or model in ZOO_MODELS or os.path.isdir(model):
+        return
     if os.path.exists(model):
         raise BenchInputError(f"{model} is a file; --model takes a built-in name or a diffusers directory")
     raise BenchInputError(
-        f"unknown model {model!r}: not a built-in name ({', '.join(MODEL_CONFIGS)}) and no such directory"
+        f"unknown model {model!r}: not a built-in name ({', '.join(MODEL_CONFIGS)}), not a zoo model "
+        f"({', '.join(ZOO_MODELS)}) and no such directory"
     )
+
+
+def load_runner(model: str, settings: RunSettings) -> Runner:
+    """A runner for a built-in model name, a zoo model, or a local diffusers directory or
+    `finetune` result folder (BenchInputError if none of these)."""
+    from .bench_zoo import is_finetune_dir, load_zoo_runner
+    from .models import MODEL_CONFIGS
+    from .zoo import ZOO_MODELS
+
+    check_model_name(model)
+    if model in MODEL_CONFIGS:
+        return _load_builtin(model, settings)
+    if model in ZOO_MODELS or is_finetune_dir(model):
+        return load_zoo_runner(model, settings)
+    return _load_directory(model, settings)

@@ -11,7 +11,9 @@ methods: preset names (ditcache presets), `diffusers-pab[-SST]`, `diffusers-fast
   `unpatched` (the model before any patch) and `none` are always included.
 
 examples:
-  ditcache bench                                   # embedded default (DiT-S/2, ~2-3 min on 2 CPU cores)
+  ditcache bench                                   # embedded default: the trained MNIST zoo (mnist-dit vs
+                                                   #   mnist-dit-retrofit), FID-MNIST and class accuracy too
+  ditcache bench --model mnist-skip-dit --methods skip-dit-2 skip-dit-3 skip-dit-4 skip-dit-5 --batch 100
   ditcache bench --model tiny-latte --steps 10 --methods skip-dit fora pab-236 diffusers-pab
   ditcache bench --model dit-xl-2 --steps 20 --json out.json --csv out.csv --plot out.png
   torchrun --nproc-per-node 2 -m dit_cache.cli bench --model tiny-dit --seeds 0 1 2 3
@@ -26,8 +28,9 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from .bench import DEFAULT_MODEL, DEFAULT_STEPS
+    from .bench import DEFAULT_STEPS, DEFAULT_SUITE, ZOO_DEFAULT_BATCH
     from .models import SCHEDULER_NAMES
+    from .zoo import ZOO_MODELS
 
     p = subparsers.add_parser(
         "bench",
@@ -38,9 +41,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"built-in name (tiny-dit, tiny-latte, tiny-hunyuan, dit-s-2, dit-xl-2, latte-1, "
-                        f"hunyuan-dit) or a local diffusers directory (default {DEFAULT_MODEL})")
+    p.add_argument("--model", nargs="+", default=None, metavar="MODEL",
+                   help=f"one or more (benchmarked one after the other): a zoo model ({', '.join(ZOO_MODELS)}), "
+                        f"a built-in architecture with random weights (tiny-dit, tiny-latte, tiny-hunyuan, dit-s-2, "
+                        f"dit-xl-2, latte-1, hunyuan-dit), a local diffusers directory or a `ditcache finetune` "
+                        f"result folder (default: {' '.join(DEFAULT_SUITE)})")
     p.add_argument("--methods", nargs="+", metavar="SPEC", help="methods to compare (default: none, skip-dit, "
                    "fora, a PAB preset, and diffusers' PAB/FasterCache)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
@@ -48,7 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="default: ddim (a pipeline directory keeps its own)")
     p.add_argument("--resolution", type=int, help="pixels (default: the model's native resolution)")
     p.add_argument("--frames", type=int, help="video frames (Latte; default: its video_length)")
-    p.add_argument("--batch", type=int, default=1, help="samples per generation (CFG doubles the model batch)")
+    p.add_argument("--batch", type=int, default=None, help="samples per generation (CFG doubles the model batch); "
+                   f"default {ZOO_DEFAULT_BATCH} for zoo models (class-balanced), else 1")
     p.add_argument("--cfg-scale", type=float, help="guidance scale; <= 1 turns CFG off (default: family default)")
     p.add_argument("--seeds", type=_int_list, default=[0], nargs="+", metavar="SEED",
                    help="seeds (sharded across ranks under torchrun); default 0")
@@ -77,8 +83,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_bench(args) -> int:
     from rich.console import Console
 
-    from .bench import BenchConfig, MissingDependency, plot_available, render_table, run_bench
+    from .bench import (
+        DEFAULT_SUITE, ZOO_DEFAULT_BATCH, BenchConfig, MissingDependency, SuiteResult, plot_available,
+        render_table, run_bench,
+    )
+    from .zoo import ZOO_MODELS
     from .bench_methods import BenchInputError
+    from .bench_runner import check_model_name
     from .cli import UsageError
 
     if args.plot:
@@ -86,24 +97,41 @@ def cmd_bench(args) -> int:
         if not ok:
             raise UsageError(reason)
     seeds = [s for group in args.seeds for s in (group if isinstance(group, list) else [group])]
-    config = BenchConfig(
-        model=args.model, methods=args.methods, steps=args.steps, scheduler=args.scheduler,
-        resolution=args.resolution, frames=args.frames, batch=args.batch, cfg_scale=args.cfg_scale,
-        seeds=seeds, dtype=args.dtype, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
-        device=args.device, loop=args.loop, flops=args.flops, memory=args.memory,
-        max_background=args.max_background, order=args.order, command=["ditcache", *sys.argv[1:]] if sys.argv else None,
-    )
-    console = Console(stderr=True)
+    models = args.model or list(DEFAULT_SUITE)
     try:
-        result = run_bench(config, progress=args.progress, console=console)
+        for model in models:  # every name before the first (long) run
+            check_model_name(model)
     except BenchInputError as err:
         raise UsageError(str(err)) from None
-    if result.rank != 0:
-        return 0
+    configs = [
+        BenchConfig(
+            model=model, methods=args.methods, steps=args.steps, scheduler=args.scheduler,
+            resolution=args.resolution, frames=args.frames, cfg_scale=args.cfg_scale,
+            batch=args.batch if args.batch is not None else (ZOO_DEFAULT_BATCH if model in ZOO_MODELS else 1),
+            seeds=seeds, dtype=args.dtype, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
+            device=args.device, loop=args.loop, flops=args.flops, memory=args.memory,
+            max_background=args.max_background, order=args.order,
+            command=["ditcache", *sys.argv[1:]] if sys.argv else None,
+        )
+        for model in models
+    ]
+    console = Console(stderr=True)
     out = Console()
     if not out.is_terminal:
         out = Console(width=200)  # a file or pipe: do not squeeze the table into 80 columns
-    out.print(render_table(result))
+    results = []
+    for config in configs:
+        try:
+            result = run_bench(config, progress=args.progress, console=console)
+        except BenchInputError as err:
+            raise UsageError(str(err)) from None
+        if result.rank != 0:
+            continue
+        out.print(render_table(result))
+        results.append(result)
+    if not results:
+        return 0
+    result = results[0] if len(results) == 1 else SuiteResult(results)
     try:
         if args.json:
             result.write_json(args.json)

