@@ -7,7 +7,7 @@ Examples::
         --adapter-steps 2000 --full-steps 4000 --latent-cache ./latents
     # a pixel-space model from scratch on the built-in MNIST digits, 2 processes
     torchrun --standalone --nproc_per_node 2 -m dit_cache.cli finetune \\
-        --model-config mnist-dit.json --adapters none --full-steps 20000 --data mnist --output ./mnist-dit
+        --model-config benchmarks/zoo/mnist-dit.json --adapters none --full-steps 4000 --data mnist --output ./mnist-dit
 """
 from __future__ import annotations
 
