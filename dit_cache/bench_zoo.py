@@ -7,7 +7,7 @@
   DDPMPipeline), without which a few-step sampler amplifies early eps errors far outside it.
 * Guidance: CFG 2.0 unless ``cfg_scale`` is given (see ZOO_CFG_SCALE).
 * Conditioning: DiT class labels; Latte one-hot class tokens (how the zoo's Latte was trained);
-  sample i of seed s is of class ``(s + i) % 10``, so a batch of 10k samples is class-balanced.
+  sample i of seed s is of class ``(s + i) % 10``, so a batch of any multiple of 10 is class-balanced.
 * Trained long-skip adapters are part of the model's function, so every dit-cache method is
   installed with them (``fusion`` as trained, then ``load_adapters``); ``none`` becomes
   Skip-Cache with ``interval=1`` (patched with the adapters, every step full) and is the

@@ -73,12 +73,11 @@ def perturbation(model, generator) -> list[float]:
     return [sum(col) / len(col) for col in zip(*sims)]
 
 
-def across_steps(model) -> list[float]:
+def across_steps(model, meta: dict) -> list[float]:
     from dit_cache.bench_runner import RunSettings
     from dit_cache.bench_zoo import ZooRunner
 
-    meta = {"family": "dit", "adapters": None}
-    runner = ZooRunner("m", model, meta, RunSettings(steps=20, batch=20))
+    runner = ZooRunner("m", model, meta, RunSettings(steps=20, batch=20))  # model already patched where needed
     rec = BlockRecorder(model.transformer_blocks)
     runner.generate(runner.prepare(0))
     outs = rec.take()
@@ -90,6 +89,8 @@ def across_steps(model) -> list[float]:
 
 
 def main(argv=None) -> int:
+    import dit_cache
+
     p = argparse.ArgumentParser()
     p.add_argument("--json", required=True)
     p.add_argument("--plot")
@@ -100,7 +101,8 @@ def main(argv=None) -> int:
     for name in MODELS:
         model = load(name)
         g = torch.Generator().manual_seed(0)
-        result["models"][name] = {"perturbation": perturbation(model, g), "across_steps": across_steps(model)}
+        meta = dit_cache.zoo.meta(name)
+        result["models"][name] = {"perturbation": perturbation(model, g), "across_steps": across_steps(model, meta)}
         print(name, {k: [round(v, 4) for v in vals] for k, vals in result["models"][name].items()}, flush=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     if args.plot:

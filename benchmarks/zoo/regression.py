@@ -13,7 +13,7 @@ from dit_cache import zoo
 from dit_cache.bench import BenchConfig, run_bench
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "zoo_regression.json"
-SETTINGS = {"steps": 20, "batch": 10, "seeds": [0]}
+SETTINGS = {"steps": 20, "batch": 4, "seeds": [0]}
 
 
 def main() -> int:
