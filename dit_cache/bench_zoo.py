@@ -30,7 +30,7 @@ FINETUNE_META = "finetune.json"
 #: Guidance scale of the zoo's x0-predicting models (a 700-step probe of mnist-dit: class
 #: accuracy 0.46 / 0.60 / 0.26 at CFG 1 / 2 / 4 - strong guidance over-sharpens x0 estimates).
 ZOO_CFG_SCALE = 2.0
-NO_ADAPTER_METHODS = "would drop the long skips this model was trained with: run it on a model without them (e.g. mnist-dit)"
+NO_ADAPTER_METHODS = "would drop this model's trained long skips (compare it on mnist-dit)"
 
 
 def is_finetune_dir(path: str) -> bool:
