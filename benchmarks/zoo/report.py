@@ -86,7 +86,38 @@ TABLES = {
 }
 
 
+def caching_plot(path: Path) -> None:
+    """PSNR vs measured speedup, one series per model and method family (from the bench JSONs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, models in zip(axes, (["mnist-dit", "mnist-dit-retrofit", "mnist-skip-dit"], ["mnist-latte"])):
+        for m in models:
+            f = RESULTS / f"zoo_bench_{m}.json"
+            if not f.is_file():
+                continue
+            rows = [r for r in _load(f.name)["rows"] if r["status"] == "ok" and r["speedup"]
+                    and isinstance(r["psnr"], (int, float)) and math.isfinite(r["psnr"])]
+            for family, marker in (("skip-dit", "o"), ("fora", "s"), ("pab", "^")):
+                pts = sorted((r["speedup"], r["psnr"], r["method"]) for r in rows if r["preset"].startswith(family))
+                if pts:
+                    label = f"{family} on {m}" + (" (untrained adapters)" if family == "skip-dit" and m in ("mnist-dit", "mnist-latte") else "")
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
+                    for x, y, name in pts:
+                        ax.annotate(name.split("-")[-1], (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        ax.set(xlabel="measured speedup vs none (x)", ylabel="PSNR vs the model's full output (dB)",
+               title="DiT zoo" if len(models) > 1 else "Latte zoo")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> int:
+    caching_plot(RESULTS / "zoo_caching.png")
     text = DOC.read_text()
     for name, fn in TABLES.items():
         pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(<!-- /table -->)", re.S)
