@@ -446,11 +446,11 @@ def _measure(specs, runner, seeds, prepared, config, progress, device, unavailab
                     _timed_runs(m, runner, seeds, prepared, config, progress, device, config.repeats, "timed runs")
     # phase 3: fidelity against the reference outputs of the same seeds: `unpatched` (first),
     # or `none` for a model whose trained long-skip adapters are part of its function
-    ref = methods[1] if getattr(runner, "adapter_fusion", None) else methods[0]
+    ref = methods[1] if runner.adapter_fusion else methods[0]
     for m in methods:
-        if m.ok and m.outputs and ref.outputs:
-            _fidelity(m, ref.outputs)
-        if m.ok and m.outputs and hasattr(runner, "quality"):
+        if m.ok and m.outputs:
+            if ref.outputs:
+                _fidelity(m, ref.outputs)
             m.local.update(runner.quality(m.outputs))
     return [m.local for m in methods]
 
@@ -704,10 +704,7 @@ class BenchResult:
         return _json_safe({**self.meta, "rows": self.rows})
 
     def write_json(self, path: str) -> None:
-        _ensure_dir(path)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=1, allow_nan=False)
-            f.write("\n")
+        _write_json(self.to_dict(), path)
 
     def write_csv(self, path: str) -> None:
         _ensure_dir(path)
@@ -733,10 +730,7 @@ class SuiteResult:
         return {"suite": [r.to_dict() for r in self.results]}
 
     def write_json(self, path: str) -> None:
-        _ensure_dir(path)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=1, allow_nan=False)
-            f.write("\n")
+        _write_json(self.to_dict(), path)
 
     def write_csv(self, path: str) -> None:
         merged = BenchResult(rows=[r for res in self.results for r in res.rows], meta={})
@@ -744,6 +738,13 @@ class SuiteResult:
 
     def plot(self, path: str) -> None:
         plot_results(self.results, path)
+
+
+def _write_json(obj: dict, path: str) -> None:
+    _ensure_dir(path)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, allow_nan=False)
+        f.write("\n")
 
 
 def _ensure_dir(path: str) -> None:

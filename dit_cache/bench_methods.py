@@ -199,17 +199,9 @@ class Applied:
 class AppliedDitCache(Applied):
     def __init__(self, spec: MethodSpec, runner):
         super().__init__(spec)
-        from . import patch
-
         self.runner = runner
         try:
-            if getattr(runner, "adapter_fusion", None):  # a model trained with long-skip adapters
-                from .bench_zoo import install_with_adapters
-
-                install_with_adapters(runner, spec)
-            else:
-                options = runner.method_options(spec) if hasattr(runner, "method_options") else spec.options
-                patch(runner.patch_target, spec.name, **options)
+            runner.install_dit_cache(spec.name, spec.options)
         except (TypeError, ValueError) as err:
             raise BenchInputError(f"method {spec.label!r}: {err}") from None
 
@@ -451,7 +443,7 @@ def apply_method(spec: MethodSpec, runner) -> Applied:
     """Install `spec` on the runner's model; raises PeerUnavailable / BenchInputError."""
     if spec.kind == "dit-cache":
         return AppliedDitCache(spec, runner)
-    if getattr(runner, "adapter_fusion", None):
+    if runner.adapter_fusion:
         from .bench_zoo import NO_ADAPTER_METHODS
 
         raise PeerUnavailable(f"{spec.name} {NO_ADAPTER_METHODS}")

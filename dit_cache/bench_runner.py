@@ -75,6 +75,7 @@ class RunSettings:
 class Runner:
     kind = "?"
     vae_factor = VAE_FACTOR  # pixels per latent pixel (1: a pixel-space model)
+    adapter_fusion: str | None = None  # set when the model's function includes trained long-skip adapters
     family: str
     transformer: nn.Module
     patch_target: Any
@@ -105,6 +106,16 @@ class Runner:
 
     def modules(self) -> list[nn.Module]:
         return [self.transformer]
+
+    def install_dit_cache(self, name: str, options: dict) -> None:
+        """Install the dit-cache preset `name` with `options` on the model."""
+        from . import patch
+
+        patch(self.patch_target, name, **options)
+
+    def quality(self, outputs: dict[int, torch.Tensor]) -> dict:
+        """Extra quality figures of a method's outputs (per seed); zoo models add FID-MNIST."""
+        return {}
 
     def timesteps(self) -> list[float]:
         sched = copy.deepcopy(self.scheduler)

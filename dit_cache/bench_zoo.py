@@ -62,15 +62,25 @@ class ZooRunner(TransformerRunner):
         self.adapter_fusion = adapters if adapters in ("residual", "replace") else None
         self.adapter_file = adapter_file if self.adapter_fusion else None
         self._quality = None
-        self.skip_dit_defaults: dict = {}
+        self.zoo_name: str | None = None  # its Skip-Cache defaults (dit_cache.zoo.SKIP_DIT_DEFAULTS)
 
-    def method_options(self, spec) -> dict:
-        """The spec's options over the model's Skip-Cache defaults (for skip-dit presets)."""
-        from .schedules import SkipCacheConfig, resolve_schedule
+    def install_dit_cache(self, name: str, options: dict) -> None:
+        """With the zoo model's Skip-Cache defaults, and its trained adapters (see the module doc)."""
+        from .bench_methods import PeerUnavailable
+        from .finetune_io import patch_with_adapters
+        from .schedules import NoCacheConfig, resolve_schedule
+        from .zoo import schedule_options
 
-        if isinstance(resolve_schedule(spec.name), SkipCacheConfig):
-            return {**self.skip_dit_defaults, **spec.options}
-        return dict(spec.options)
+        options = schedule_options(self.zoo_name, name, options)
+        if not self.adapter_fusion:
+            super().install_dit_cache(name, options)
+            return
+        config = resolve_schedule(name)
+        if isinstance(config, NoCacheConfig):
+            name, options = "skip-dit", {"interval": 1}
+        elif not config.inserts_adapters:
+            raise PeerUnavailable(f"{name} {NO_ADAPTER_METHODS}")
+        patch_with_adapters(self.patch_target, name, self.adapter_fusion, self.adapter_file, **options)
 
     def labels(self, seed: int) -> torch.Tensor:
         return torch.tensor([(seed + i) % 10 for i in range(self.s.batch)])
@@ -118,28 +128,6 @@ class ZooRunner(TransformerRunner):
         return out
 
 
-def install_with_adapters(runner: ZooRunner, spec):
-    """`dit_cache.patch` for a model whose function includes trained adapters (see the module doc)."""
-    from . import load_adapters, patch
-    from .bench_methods import PeerUnavailable
-    from .schedules import NoCacheConfig, resolve_schedule
-
-    name, options = spec.name, runner.method_options(spec)
-    config = resolve_schedule(name)
-    if isinstance(config, NoCacheConfig):
-        name, options = "skip-dit", {"interval": 1}
-    elif not config.inserts_adapters:
-        raise PeerUnavailable(f"{spec.name} {NO_ADAPTER_METHODS}")
-    patch(runner.patch_target, name, fusion=runner.adapter_fusion, **options)
-    try:
-        load_adapters(runner.patch_target, runner.adapter_file)
-    except BaseException:
-        from . import unpatch
-
-        unpatch(runner.patch_target)
-        raise
-
-
 def runner_from_folder(label: str, folder: Path, settings: RunSettings) -> ZooRunner:
     from .finetune_io import ADAPTER_FILE, load_finetuned
 
@@ -162,7 +150,7 @@ def load_zoo_runner(model: str, settings: RunSettings) -> ZooRunner:
         except FileNotFoundError as err:
             raise BenchInputError(str(err)) from None
         runner = runner_from_folder(model, folder, settings)
-        runner.skip_dit_defaults = dict(zoo.SKIP_DIT_DEFAULTS.get(model, {}))
+        runner.zoo_name = model
         return runner
     folder = Path(model)
     return runner_from_folder(folder.name or model, folder, settings)

@@ -198,6 +198,21 @@ def write_json(path: Path, obj):
     os.replace(tmp, path)
 
 
+def patch_with_adapters(model, schedule, fusion, adapter_file, **options):
+    """`dit_cache.patch` then `load_adapters` of trained long skips; unpatched again if the
+    adapters do not load, so a failure leaves the model as it was."""
+    from .adapter_io import load_adapters
+    from .api import patch, unpatch
+
+    patch(model, schedule, fusion=fusion, **options)
+    try:
+        load_adapters(model, adapter_file)
+    except BaseException:
+        unpatch(model)
+        raise
+    return model
+
+
 def load_finetuned(path, schedule="skip-dit", *, pipeline=None, torch_dtype=None, **options):
     """Load a `finetune` result folder: the transformer (``from_pretrained``), patched with
     ``schedule`` (+ ``options``) and its trained adapters when it was trained with long skips.
@@ -205,9 +220,6 @@ def load_finetuned(path, schedule="skip-dit", *, pipeline=None, torch_dtype=None
     ``schedule=None`` (for inserted adapters: the base model without them). With ``pipeline``, the transformer replaces ``pipeline.transformer`` and the
     pipeline is returned."""
     import diffusers
-
-    from .adapter_io import load_adapters
-    from .api import patch
 
     path = Path(path)
     meta_file = path / META_FILE
@@ -222,9 +234,7 @@ def load_finetuned(path, schedule="skip-dit", *, pipeline=None, torch_dtype=None
     model.eval().requires_grad_(False)
     adapters = meta.get("adapters")
     if schedule is not None and adapters is not None:
-        fusion = None if adapters == "native" else adapters
-        patch(model, schedule, fusion=fusion, **options)
-        load_adapters(model, path / ADAPTER_FILE)
+        patch_with_adapters(model, schedule, None if adapters == "native" else adapters, path / ADAPTER_FILE, **options)
     if pipeline is not None:
         pipeline.register_modules(transformer=model)
         return pipeline

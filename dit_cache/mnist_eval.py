@@ -74,15 +74,28 @@ def split_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (~held).nonzero().flatten(), held.nonzero().flatten()
 
 
-def _renderings(frames_per_clip: int = 1):
-    """Centred digits (N, 1, 32, 32), moving-digit frames (N * k, 1, 32, 32), labels, in [-1, 1]."""
-    from .data import mnist, moving_mnist, to_float
+def _still_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """Centred digits (N, 1, 32, 32) in [-1, 1] and their labels."""
+    from .data import mnist, to_float
 
     still = mnist()
-    clips = moving_mnist()  # clip i shows digit i
+    return to_float(still.x), still.labels
+
+
+def _moving_frames(frames_per_clip: int = 1) -> torch.Tensor:
+    """Frames of the moving-digit clips (N * k, 1, 32, 32) in [-1, 1]; clip i shows digit i."""
+    from .data import moving_mnist, to_float
+
+    clips = moving_mnist()
     pick = torch.linspace(0, clips.x.shape[2] - 1, frames_per_clip).round().long()
     frames = clips.x[:, :, pick].permute(0, 2, 1, 3, 4)  # (N, k, 1, 32, 32)
-    return to_float(still.x), to_float(frames.reshape(-1, 1, 32, 32)), still.labels
+    return to_float(frames.reshape(-1, 1, 32, 32))
+
+
+def _renderings(frames_per_clip: int = 1):
+    """Centred digits (N, 1, 32, 32), moving-digit frames (N * k, 1, 32, 32), labels, in [-1, 1]."""
+    still, labels = _still_digits()
+    return still, _moving_frames(frames_per_clip), labels
 
 
 def _shift(x: torch.Tensor, g: torch.Generator, max_px: int = 2) -> torch.Tensor:
@@ -172,25 +185,28 @@ class MnistQuality:
     def __init__(self, video: bool = False, classifier: MnistClassifier | None = None):
         self.classifier = classifier if classifier is not None else load_classifier()
         self.video = video
-        self._real = None
+        self._metric = None
 
-    def _real_features(self):
-        if self._real is None:
-            still, moving, _ = _renderings()
-            self._real = moving if self.video else still
-        return self._real
+    def _fid_metric(self):
+        """The FID metric holding the real statistics, computed once: ``reset`` keeps them
+        (``reset_real_features=False``) and clears only the generated samples."""
+        if self._metric is None:
+            from torchmetrics.image.fid import FrechetInceptionDistance
+
+            metric = FrechetInceptionDistance(feature=FIDFeatures(self.classifier), reset_real_features=False)
+            real = _moving_frames() if self.video else _still_digits()[0]
+            for i in range(0, len(real), 1000):
+                metric.update(real[i : i + 1000], real=True)
+            self._metric = metric
+        self._metric.reset()
+        return self._metric
 
     @torch.no_grad()
     def fid(self, samples: torch.Tensor) -> float:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-
         frames, _ = as_frames(samples.clamp(-1, 1))
         if len(frames) < 2:
             raise ValueError("FID needs at least 2 samples")
-        metric = FrechetInceptionDistance(feature=FIDFeatures(self.classifier), reset_real_features=False)
-        real = self._real_features()
-        for i in range(0, len(real), 1000):
-            metric.update(real[i : i + 1000], real=True)
+        metric = self._fid_metric()
         for i in range(0, len(frames), 1000):
             metric.update(frames[i : i + 1000], real=False)
         return float(metric.compute())

@@ -53,15 +53,21 @@ def load(name: str, schedule="skip-dit", **options):
     ``schedule`` (+ ``options``) and their trained adapters (``schedule=None``: the bare model,
     which for those models lacks the skips it was trained with)."""
     from ..finetune_io import load_finetuned
+
+    return load_finetuned(path(name), schedule, **schedule_options(name, schedule, options))
+
+
+def schedule_options(name: str | None, schedule, options: dict) -> dict:
+    """``options`` over the zoo model's Skip-Cache defaults when ``schedule`` is Skip-Cache."""
     from ..schedules import SkipCacheConfig, resolve_schedule
 
-    if schedule is not None and isinstance(resolve_schedule(schedule), SkipCacheConfig):
-        options = {**SKIP_DIT_DEFAULTS.get(name, {}), **options}
-    return load_finetuned(path(name), schedule, **options)
+    if name in SKIP_DIT_DEFAULTS and schedule is not None and isinstance(resolve_schedule(schedule), SkipCacheConfig):
+        return {**SKIP_DIT_DEFAULTS[name], **options}
+    return dict(options)
 
 
 def available() -> list[str]:
     return [n for n in ZOO_MODELS if (ZOO_DIR / n / "finetune.json").is_file()]
 
 
-__all__ = ["SKIP_DIT_DEFAULTS", "ZOO_DIR", "ZOO_MODELS", "available", "load", "meta", "path"]
+__all__ = ["SKIP_DIT_DEFAULTS", "ZOO_DIR", "ZOO_MODELS", "available", "load", "meta", "path", "schedule_options"]
