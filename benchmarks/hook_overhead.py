@@ -19,8 +19,8 @@ import time
 import torch
 
 import dit_cache
-from dit_cache.bench import _BackgroundProbe, _machine
-from dit_cache.models import build_transformer, transformer_inputs
+from dit_cache.bench.run import _BackgroundProbe, _machine
+from dit_cache.testing.models import build_transformer, transformer_inputs
 
 VARIANTS = {
     "unpatched": None,

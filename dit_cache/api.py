@@ -5,8 +5,8 @@ import dataclasses
 
 from torch import nn
 
-from .lsc import FUSION_MODES, LongSkipFusion
-from .patch_state import LSC_ATTR, STATE_ATTR, PatchState, get_state
+from .runtime.fusion import FUSION_MODES, LongSkipFusion
+from .runtime.patch_state import LSC_ATTR, STATE_ATTR, PatchState, get_state
 from .registry import get_adapter, get_method
 from .schedules import resolve_schedule
 
@@ -113,7 +113,7 @@ def patch(model_or_pipeline, schedule="skip-dit", *, fusion=None, kernel="auto",
             state.lscs = _insert_adapters(model, state)
         state.method = method_cls(state, config)
         state.method.install()
-        from .hooks import STEP_HOOK, StepHook
+        from .runtime.hooks import STEP_HOOK, StepHook
 
         state.hooks.add(model, StepHook(state), STEP_HOOK)
         if attention == "xformers":

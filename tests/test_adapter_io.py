@@ -8,7 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import dit_cache
-from dit_cache.models import build_transformer, transformer_inputs
+from dit_cache.testing.models import build_transformer, transformer_inputs
 
 
 def _randomise_adapters(model, seed=0):
@@ -107,7 +107,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     dit_cache.save_adapters(model, path)
     original = path.read_bytes()
 
-    import dit_cache.adapter_io as io
+    import dit_cache.runtime.adapter_io as io
 
     def failing_save(tensors, filename, metadata=None):
         with open(filename, "wb") as f:

@@ -15,15 +15,15 @@ import pytest
 import torch
 
 from dit_cache import presets
-from dit_cache.bench import ROW_KEYS, BenchConfig, run_bench
-from dit_cache.bench_methods import (
+from dit_cache.bench.run import ROW_KEYS, BenchConfig, run_bench
+from dit_cache.bench.specs import (
     BenchInputError,
     MethodSpec,
     apply_method,
     default_methods,
     parse_methods,
 )
-from dit_cache.bench_runner import RunSettings, load_runner
+from dit_cache.bench.runners.base import RunSettings, load_runner
 from dit_cache.cli import main
 
 REQUIRED = ("method", "latency_s", "speedup", "flops", "ideal_speedup", "efficiency", "peak_mem_bytes",
@@ -203,7 +203,7 @@ def test_cli_not_a_model_directory(tmp_path, capsys):
 
 
 def test_cli_local_transformer_directory(tmp_path, capsys):
-    from dit_cache.models import build_transformer
+    from dit_cache.testing.models import build_transformer
 
     build_transformer("tiny-hunyuan").save_pretrained(tmp_path / "hy")
     out = tmp_path / "r.json"
@@ -259,7 +259,7 @@ def test_without_flops_and_memory():
 
 
 def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path):
-    import dit_cache.bench as bench
+    import dit_cache.bench.run as bench
 
     monkeypatch.setattr(bench, "plot_available", lambda: (False, "--plot needs matplotlib, which is not installed"))
     assert main(["bench", "--model", "tiny-dit", "--no-progress", "--plot", str(tmp_path / "p.png")]) == 2

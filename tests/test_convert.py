@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 import dit_cache
 from dit_cache.cli import main
-from dit_cache.convert import ADAPTER_FILE, INFO_FILE, ConvertError, read_checkpoint
+from dit_cache.conversion.api import ADAPTER_FILE, INFO_FILE, ConvertError, read_checkpoint
 
 D, HEADS, DEPTH, P, LATENT, C, CLASSES = 64, 4, 4, 2, 16, 4, 10
 FRAMES, CAPTION, TEXT_LEN = 4, 32, 6
@@ -465,7 +465,7 @@ def test_output_directory_rules(tmp_path, monkeypatch):
     out.rmdir()
 
     # a failure after the temporary directory exists (here: saving the adapters) leaves nothing
-    import dit_cache.adapter_io as adapter_io
+    import dit_cache.runtime.adapter_io as adapter_io
 
     def boom(*args, **kwargs):
         raise OSError("disk full")

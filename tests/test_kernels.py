@@ -235,7 +235,7 @@ def test_cache_drops_entry_of_moved_params():
 
 
 class _Fusion(torch.nn.Module):
-    """A module owning its fold cache, as dit_cache.lsc.LongSkipFusion does."""
+    """A module owning its fold cache, as dit_cache.runtime.fusion.LongSkipFusion does."""
 
     def __init__(self, D):
         super().__init__()

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 import dit_cache
-from dit_cache.lsc import LongSkipFusion
-from dit_cache.models import build_transformer
+from dit_cache.runtime.fusion import LongSkipFusion
+from dit_cache.testing.models import build_transformer
 
 
 def reference(x, s, lsc):
@@ -41,7 +41,7 @@ def test_spectral_norms_and_cap(name):
     model = build_transformer(name)
     dit_cache.patch(model, "skip-dit", fusion=None if name == "tiny-hunyuan" else "replace")
     norms = dit_cache.spectral_norms(model)
-    projections = dit_cache.spectral.skip_projections(model)
+    projections = dit_cache.runtime.spectral.skip_projections(model)
     assert set(norms) == set(projections) and norms
     for key, linear in projections.items():
         assert norms[key] == pytest.approx(float(torch.linalg.svdvals(linear.weight.detach())[0]), rel=1e-5)

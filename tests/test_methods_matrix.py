@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dit_cache
-from dit_cache.models import TINY_MODELS, build_pipeline, pipeline_inputs, run_pipeline
+from dit_cache.testing.models import TINY_MODELS, build_pipeline, pipeline_inputs, run_pipeline
 from dit_cache.schedules import FORAConfig, NoCacheConfig, PABConfig
 from helpers import ExecutionCounter, expected_block_calls
 from reuse_helpers import SubmoduleCounter, module_snapshot, predicted_counts, timesteps_of
@@ -31,9 +31,9 @@ def _setup(name):
 @pytest.fixture(params=TINY_MODELS)
 def backbone(request):
     pipe, inputs, reference, snapshot = _setup(request.param)
-    assert dit_cache.patch_state.get_state(pipe.transformer) is None
+    assert dit_cache.runtime.patch_state.get_state(pipe.transformer) is None
     yield request.param, pipe, inputs, reference, snapshot
-    if dit_cache.patch_state.get_state(pipe.transformer) is not None:  # a failed test
+    if dit_cache.runtime.patch_state.get_state(pipe.transformer) is not None:  # a failed test
         dit_cache.unpatch(pipe)
 
 

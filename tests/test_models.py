@@ -1,11 +1,11 @@
-"""Tests for dit_cache.models: offline model / pipeline builders (fast: a few seconds)."""
+"""Tests for dit_cache.testing.models: offline model / pipeline builders (fast: a few seconds)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dit_cache.models import (
+from dit_cache.testing.models import (
     MODEL_CONFIGS,
     SCHEDULERS,
     TINY_MODELS,

@@ -3,7 +3,7 @@ block-compute speedups it tabulates for each backbone."""
 import pytest
 
 import dit_cache
-from dit_cache.models import build_scheduler, build_transformer
+from dit_cache.testing.models import build_scheduler, build_transformer
 from dit_cache.schedules import SkipCacheConfig
 
 

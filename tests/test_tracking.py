@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dit_cache
-from dit_cache.models import build_scheduler, family_of, transformer_inputs
+from dit_cache.testing.models import build_scheduler, family_of, transformer_inputs
 from helpers import ExecutionCounter, expected_block_calls
 
 

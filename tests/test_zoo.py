@@ -13,12 +13,12 @@ import torch
 
 import dit_cache
 from dit_cache import zoo
-from dit_cache.bench import BenchConfig, run_bench
-from dit_cache.bench_runner import RunSettings
-from dit_cache.bench_zoo import ZooRunner, load_zoo_runner
+from dit_cache.bench.run import BenchConfig, run_bench
+from dit_cache.bench.runners.base import RunSettings
+from dit_cache.bench.runners.zoo import ZooRunner, load_zoo_runner
 from dit_cache.cli import main
-from dit_cache.mnist_eval import MnistQuality, _renderings, accuracy, load_classifier, split_index
-from dit_cache.patch_state import get_state
+from dit_cache.zoo.quality import MnistQuality, _renderings, accuracy, load_classifier, split_index
+from dit_cache.runtime.patch_state import get_state
 
 ROOT = Path(__file__).resolve().parents[1]
 REGRESSION = ROOT / "benchmarks" / "results" / "zoo_regression.json"
@@ -121,7 +121,7 @@ def test_bench_on_a_retrofit_installs_its_trained_adapters():
                       RunSettings(steps=6, batch=4))
     base = plain.generate(plain.prepare(0))
     runner = load_zoo_runner("mnist-dit-retrofit", RunSettings(steps=6, batch=4))
-    from dit_cache.bench_methods import MethodSpec, apply_method
+    from dit_cache.bench.specs import MethodSpec, apply_method
 
     applied = apply_method(MethodSpec("none", {}, "none"), runner)
     with_adapters = runner.generate(runner.prepare(0))

@@ -50,8 +50,8 @@ def load(name: str):
 
 
 def perturbation(model, generator) -> list[float]:
-    from dit_cache.data import mnist, to_float
-    from dit_cache.finetune_objective import training_scheduler
+    from dit_cache.finetuning.data import mnist, to_float
+    from dit_cache.finetuning.objective import training_scheduler
 
     sched = training_scheduler(None)
     data = mnist()
@@ -74,8 +74,8 @@ def perturbation(model, generator) -> list[float]:
 
 
 def across_steps(model, meta: dict) -> list[float]:
-    from dit_cache.bench_runner import RunSettings
-    from dit_cache.bench_zoo import ZooRunner
+    from dit_cache.bench.runners.base import RunSettings
+    from dit_cache.bench.runners.zoo import ZooRunner
 
     runner = ZooRunner("m", model, meta, RunSettings(steps=20, batch=20))  # model already patched where needed
     rec = BlockRecorder(model.transformer_blocks)

@@ -53,8 +53,8 @@ def model_at(run: Path, checkpoint: Path):
 
 
 def evaluate(model, meta, samples: int, steps: int, quality) -> dict:
-    from dit_cache.bench_runner import RunSettings
-    from dit_cache.bench_zoo import ZooRunner
+    from dit_cache.bench.runners.base import RunSettings
+    from dit_cache.bench.runners.zoo import ZooRunner
 
     runner = ZooRunner("ckpt", model, meta, RunSettings(steps=steps, batch=100))
     outs, labels = [], []
@@ -67,8 +67,8 @@ def evaluate(model, meta, samples: int, steps: int, quality) -> dict:
 
 
 def main(argv=None) -> int:
-    from dit_cache.finetune_state import list_checkpoints
-    from dit_cache.mnist_eval import MnistQuality
+    from dit_cache.finetuning.state import list_checkpoints
+    from dit_cache.zoo.quality import MnistQuality
 
     p = argparse.ArgumentParser()
     p.add_argument("names", nargs="+")

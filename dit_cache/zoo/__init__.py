@@ -52,7 +52,7 @@ def load(name: str, schedule="skip-dit", **options):
     """The zoo model in float32 eval mode; models with long-skip adapters come patched with
     ``schedule`` (+ ``options``) and their trained adapters (``schedule=None``: the bare model,
     which for those models lacks the skips it was trained with)."""
-    from ..finetune_io import load_finetuned
+    from ..finetuning.io import load_finetuned
 
     return load_finetuned(path(name), schedule, **schedule_options(name, schedule, options))
 

@@ -240,7 +240,7 @@ def _hunyuan_text(pipe, unique: list[str], device, chunk: int = 64):
 def _hunyuan(model, dataset, pipe, warn, latent_hw: tuple[int, int], vae_scale: int, device) -> Conditioning:
     if pipe is None or getattr(pipe, "text_encoder", None) is None or getattr(pipe, "text_encoder_2", None) is None:
         raise ValueError("training Hunyuan-DiT needs its pipeline's two text encoders: pass the pipeline (--pipeline)")
-    from .models import hunyuan_rotary_emb
+    from ..testing.models import hunyuan_rotary_emb
 
     n = len(dataset)
     captions = dataset.caption_list()

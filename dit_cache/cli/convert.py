@@ -7,8 +7,8 @@ from rich.markup import escape
 
 
 def cmd_convert(args) -> int:
-    from .cli import console
-    from .convert import ConvertError, convert
+    from .common import console
+    from ..conversion.api import ConvertError, convert
 
     try:
         result = convert(
@@ -54,7 +54,7 @@ def cmd_convert(args) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from .convert import DTYPES, LAYOUTS
+    from ..conversion.api import DTYPES, LAYOUTS
 
     p = subparsers.add_parser(
         "convert",

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from .adapters import block_hidden_states, with_hidden_states
-from .hooks import BlockHook
-from .methods import CacheMethod
-from .registry import register_method
-from .schedules import SkipCacheConfig
-from .state import CallContext
+from ..adapters import block_hidden_states, with_hidden_states
+from ..runtime.hooks import BlockHook
+from .base import CacheMethod
+from ..registry import register_method
+from ..schedules import SkipCacheConfig
+from ..runtime.tracker import CallContext
 
 
 @register_method(SkipCacheConfig)

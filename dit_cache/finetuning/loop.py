@@ -11,8 +11,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .finetune_objective import DiffusionObjective, timestep_for_model
-from .finetune_state import (
+from .objective import DiffusionObjective, timestep_for_model
+from .state import (
     EMA,
     DistContext,
     capture_rng,
@@ -21,8 +21,8 @@ from .finetune_state import (
     restore_rng,
     save_checkpoint,
 )
-from .patch_state import LSC_ATTR, get_state
-from .registry import get_adapter
+from ..runtime.patch_state import LSC_ATTR, get_state
+from ..registry import get_adapter
 
 STAGES = ("adapters", "full")
 
@@ -256,7 +256,7 @@ class Trainer:
                 group["lr"] = lr
             self.optimizer.step()
             if self.spectral_bound is not None and self.has_projections:
-                from .spectral import cap_spectral_norm_
+                from ..runtime.spectral import cap_spectral_norm_
 
                 before = cap_spectral_norm_(self.model, self.spectral_bound)
                 sigmas = {k: min(v, self.spectral_bound) for k, v in before.items()}
@@ -266,7 +266,7 @@ class Trainer:
             self.skipped += 1
         self.optimizer.zero_grad(set_to_none=True)
         if sigmas is None and self.has_projections:
-            from .spectral import spectral_norms
+            from ..runtime.spectral import spectral_norms
 
             sigmas = spectral_norms(self.model)
         self.step += 1

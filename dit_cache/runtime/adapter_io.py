@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .api import _state_or_raise
+from ..api import _state_or_raise
 from .patch_state import PatchState
 
 FORMAT = "dit-cache-adapters"
@@ -34,7 +34,7 @@ def _state_dict(state: PatchState) -> dict[str, torch.Tensor]:
 
 
 def _metadata(state: PatchState) -> dict[str, str]:
-    from . import __version__
+    from .. import __version__
 
     return {
         "format": FORMAT,

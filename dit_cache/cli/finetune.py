@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .cli import UsageError, console
+from .common import UsageError, console
 
 
 def _opt_float(text: str):
@@ -88,7 +88,7 @@ def add_parser(subparsers) -> None:
 
 
 def _check_data(spec: str):
-    from .data import BUILTIN_DATASETS
+    from ..finetuning.data import BUILTIN_DATASETS
 
     if spec in BUILTIN_DATASETS:
         return
@@ -117,7 +117,7 @@ def _read_config(text: str) -> dict:
 def _transformer_class(name: str | None):
     import diffusers
 
-    from .registry import supported_models
+    from ..registry import supported_models
 
     if not name:
         raise UsageError("the model config has no _class_name (e.g. DiTTransformer2DModel)")
@@ -132,7 +132,7 @@ def _load_model(args, seed: int):
     """(model_or_pipeline, default scheduler source)."""
     import torch
 
-    from .models import TINY_MODELS, build_pipeline, build_transformer
+    from ..testing.models import TINY_MODELS, build_pipeline, build_transformer
 
     given = [a for a in ("pipeline", "model", "model_config") if getattr(args, a)]
     if len(given) != 1:
@@ -186,7 +186,7 @@ def cmd_finetune(args) -> int:
 
 
 def _run(args) -> int:
-    from . import finetune
+    from ..finetuning.api import finetune
 
     _check_data(args.data)
     if args.threads:

@@ -1,6 +1,6 @@
 """What a benchmark runs: a diffusers pipeline, or the bare transformer in a sampling loop.
 
-`load_runner` resolves ``--model`` (a built-in name from `dit_cache.models.MODEL_CONFIGS` or a
+`load_runner` resolves ``--model`` (a built-in name from `dit_cache.testing.models.MODEL_CONFIGS` or a
 local diffusers directory, pipeline or transformer) into a runner with:
 
 - ``prepare(seed)``: everything one generation needs (noise, conditioning), built outside the
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .bench_methods import BenchInputError
+from ..specs import BenchInputError
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -109,7 +109,7 @@ class Runner:
 
     def install_dit_cache(self, name: str, options: dict) -> None:
         """Install the dit-cache preset `name` with `options` on the model."""
-        from . import patch
+        from ... import patch
 
         patch(self.patch_target, name, **options)
 
@@ -225,7 +225,7 @@ class PipelineRunner(Runner):
         return dict(prompt=prompts, use_resolution_binning=False, **size, **common)
 
     def generate(self, prepared: dict, steps: int | None = None) -> torch.Tensor:
-        from .models import run_pipeline
+        from ...testing.models import run_pipeline
 
         seed = prepared["generator"].initial_seed()
         if steps is not None:
@@ -284,7 +284,7 @@ class TransformerRunner(Runner):
                 enable_temporal_attentions=self.frames > 1,
             )
         else:
-            from .models import hunyuan_rotary_emb
+            from ...testing.models import hunyuan_rotary_emb
 
             def mask(length):
                 m = torch.zeros(nb, length, dtype=torch.long)
@@ -375,7 +375,7 @@ def _eval_cast(module: nn.Module, settings: RunSettings) -> nn.Module:
 
 
 def _scheduler_for(name: str | None, family: str, fallback=None):
-    from .models import build_scheduler
+    from ...testing.models import build_scheduler
 
     if name is None and fallback is not None:
         return fallback
@@ -386,7 +386,7 @@ def _scheduler_for(name: str | None, family: str, fallback=None):
 
 
 def _load_builtin(name: str, s: RunSettings) -> Runner:
-    from .models import MODEL_CONFIGS, build_pipeline, build_transformer
+    from ...testing.models import MODEL_CONFIGS, build_pipeline, build_transformer
 
     cfg = MODEL_CONFIGS[name]
     fam = cfg["family"]
@@ -495,8 +495,8 @@ def _load_transformer_dir(path: str, label: str, s: RunSettings) -> Runner:
 
 def check_model_name(model: str) -> None:
     """BenchInputError unless `model` names a built-in, a zoo model or an existing directory."""
-    from .models import MODEL_CONFIGS
-    from .zoo import ZOO_MODELS
+    from ...testing.models import MODEL_CONFIGS
+    from ...zoo import ZOO_MODELS
 
     if model in MODEL_CONFIGS or model in ZOO_MODELS or os.path.isdir(model):
         return
@@ -511,9 +511,9 @@ def check_model_name(model: str) -> None:
 def load_runner(model: str, settings: RunSettings) -> Runner:
     """A runner for a built-in model name, a zoo model, or a local diffusers directory or
     `finetune` result folder (BenchInputError if none of these)."""
-    from .bench_zoo import is_finetune_dir, load_zoo_runner
-    from .models import MODEL_CONFIGS
-    from .zoo import ZOO_MODELS
+    from .zoo import is_finetune_dir, load_zoo_runner
+    from ...testing.models import MODEL_CONFIGS
+    from ...zoo import ZOO_MODELS
 
     check_model_name(model)
     if model in MODEL_CONFIGS:

@@ -28,9 +28,9 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from .bench import DEFAULT_STEPS, DEFAULT_SUITE, ZOO_DEFAULT_BATCH
-    from .models import SCHEDULER_NAMES
-    from .zoo import ZOO_MODELS
+    from ..bench.run import DEFAULT_STEPS, DEFAULT_SUITE, ZOO_DEFAULT_BATCH
+    from ..testing.models import SCHEDULER_NAMES
+    from ..zoo import ZOO_MODELS
 
     p = subparsers.add_parser(
         "bench",
@@ -85,14 +85,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_bench(args) -> int:
     from rich.console import Console
 
-    from .bench import (
+    from ..bench.run import (
         DEFAULT_SUITE, ZOO_DEFAULT_BATCH, BenchConfig, MissingDependency, SuiteResult, plot_available,
         render_table, run_bench,
     )
-    from .zoo import ZOO_MODELS
-    from .bench_methods import BenchInputError
-    from .bench_runner import check_model_name
-    from .cli import UsageError
+    from ..zoo import ZOO_MODELS
+    from ..bench.specs import BenchInputError
+    from ..bench.runners.base import check_model_name
+    from .common import UsageError
 
     if args.plot:
         ok, reason = plot_available()

@@ -20,12 +20,12 @@ import torch
 from diffusers.hooks import ModelHook
 from torch import nn
 
-from .methods import CacheMethod
-from .state import CallContext
+from .base import CacheMethod
+from ..runtime.tracker import CallContext
 
 if TYPE_CHECKING:
-    from .adapters import BackboneAdapter
-    from .patch_state import PatchState
+    from ..adapters import BackboneAdapter
+    from ..runtime.patch_state import PatchState
 
 KINDS = ("spatial", "temporal", "cross", "mlp")
 

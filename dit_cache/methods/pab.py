@@ -27,9 +27,9 @@ from __future__ import annotations
 import dataclasses
 
 from .layer_reuse import LayerReuseMethod, Site, find_sites
-from .registry import register_method
-from .schedules import PAB_KINDS, PAB_MLP_BLOCKS, PAB_MLP_SKIP, PAB_MLP_TIMESTEPS, PABConfig, PABPlan
-from .state import CallContext
+from ..registry import register_method
+from ..schedules import PAB_KINDS, PAB_MLP_BLOCKS, PAB_MLP_SKIP, PAB_MLP_TIMESTEPS, PABConfig, PABPlan
+from ..runtime.tracker import CallContext
 
 
 @register_method(PABConfig)

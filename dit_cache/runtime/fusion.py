@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .kernels import skip_fusion
+from ..kernels import skip_fusion
 
 FUSION_MODES = ("residual", "replace")
 

@@ -136,13 +136,13 @@ def _add_option(current: tuple[str, dict], key: str, value: str) -> None:
 
 
 def known_method_names() -> list[str]:
-    from .schedules import presets
+    from ..schedules import presets
 
     return [UNPATCHED, *presets(), *PEERS]
 
 
 def check_method_names(specs: list[MethodSpec]) -> None:
-    from .schedules import presets
+    from ..schedules import presets
 
     names = set(presets())
     for spec in specs:
@@ -157,7 +157,7 @@ def check_method_names(specs: list[MethodSpec]) -> None:
 def default_methods(include_peers: bool = True) -> list[str]:
     """`none`, `skip-dit`, a FORA and a PAB preset (whichever of the preferred names exist in
     ``dit_cache.presets()``), then diffusers' PAB and FasterCache where diffusers has them."""
-    from .schedules import presets
+    from ..schedules import presets
 
     names = list(presets())
     chosen: list[str] = []
@@ -208,17 +208,17 @@ class AppliedDitCache(Applied):
     def before_generation(self) -> None:
         # New generations are detected from the timesteps anyway; resetting makes a generation
         # that follows a priming run at the same first timestep start fresh too.
-        from . import reset
+        from .. import reset
 
         reset(self.runner.patch_target)
 
     def stats(self) -> dict | None:
-        from . import stats
+        from .. import stats
 
         return stats(self.runner.patch_target)
 
     def config_text(self) -> str:
-        from .patch_state import get_state
+        from ..runtime.patch_state import get_state
 
         state = get_state(self.runner.transformer)
         config = state.config if state is not None else None
@@ -231,7 +231,7 @@ class AppliedDitCache(Applied):
         )
 
     def remove(self) -> None:
-        from . import unpatch
+        from .. import unpatch
 
         unpatch(self.runner.patch_target)
 
@@ -259,7 +259,7 @@ class _PeerHooks(Applied):
             raise
 
     def _track_timestep(self, module, args, kwargs):
-        from .registry import get_adapter
+        from ..registry import get_adapter
 
         t = get_adapter(module).timestep(module, args, kwargs)
         if isinstance(t, torch.Tensor):
@@ -444,7 +444,7 @@ def apply_method(spec: MethodSpec, runner) -> Applied:
     if spec.kind == "dit-cache":
         return AppliedDitCache(spec, runner)
     if runner.adapter_fusion:
-        from .bench_zoo import NO_ADAPTER_METHODS
+        from .runners.zoo import NO_ADAPTER_METHODS
 
         raise PeerUnavailable(f"{spec.name} {NO_ADAPTER_METHODS}")
     if spec.kind == "baseline":

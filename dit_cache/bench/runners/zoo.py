@@ -14,7 +14,7 @@
   fidelity reference. ``unpatched`` (the model without its skips), FORA, PAB and the diffusers
   peers (which would run the model without its skips) are reported as n/a on such models:
   compare them on the vanilla model (``mnist-dit``).
-* Quality beside PSNR/SSIM: FID-MNIST and class accuracy (`dit_cache.mnist_eval`).
+* Quality beside PSNR/SSIM: FID-MNIST and class accuracy (`dit_cache.zoo.quality`).
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .bench_methods import BenchInputError
-from .bench_runner import RunSettings, TransformerRunner, _check_geometry, _eval_cast, _scheduler_for
+from ..specs import BenchInputError
+from .base import RunSettings, TransformerRunner, _check_geometry, _eval_cast, _scheduler_for
 
 FINETUNE_META = "finetune.json"
 #: Guidance scale of the zoo's x0-predicting models (a 700-step probe of mnist-dit: class
@@ -66,10 +66,10 @@ class ZooRunner(TransformerRunner):
 
     def install_dit_cache(self, name: str, options: dict) -> None:
         """With the zoo model's Skip-Cache defaults, and its trained adapters (see the module doc)."""
-        from .bench_methods import PeerUnavailable
-        from .finetune_io import patch_with_adapters
-        from .schedules import NoCacheConfig, resolve_schedule
-        from .zoo import schedule_options
+        from ..specs import PeerUnavailable
+        from ...finetuning.io import patch_with_adapters
+        from ...schedules import NoCacheConfig, resolve_schedule
+        from ...zoo import schedule_options
 
         options = schedule_options(self.zoo_name, name, options)
         if not self.adapter_fusion:
@@ -92,7 +92,7 @@ class ZooRunner(TransformerRunner):
             null = torch.full_like(labels, int(self.transformer.config.num_embeds_ada_norm))
             prepared["cond"]["class_labels"] = torch.cat([labels, null]) if self.cfg else labels
         else:
-            from .finetune_objective import class_tokens
+            from ...finetuning.objective import class_tokens
 
             dim = int(self.transformer.config.caption_channels)
             cond = class_tokens(labels.cpu(), dim)
@@ -102,7 +102,7 @@ class ZooRunner(TransformerRunner):
         return prepared
 
     def generate(self, prepared: dict, steps: int | None = None) -> torch.Tensor:
-        from .patch_state import get_state
+        from ...runtime.patch_state import get_state
 
         if self.adapter_fusion and get_state(self.transformer) is None:
             raise RuntimeError(
@@ -116,7 +116,7 @@ class ZooRunner(TransformerRunner):
 
     def quality(self, outputs: dict[int, torch.Tensor]) -> dict:
         """FID-MNIST and class accuracy of all seeds' samples."""
-        from .mnist_eval import MnistQuality
+        from ...zoo.quality import MnistQuality
 
         if self._quality is None:
             self._quality = MnistQuality(video=self.family == "latte")
@@ -129,7 +129,7 @@ class ZooRunner(TransformerRunner):
 
 
 def runner_from_folder(label: str, folder: Path, settings: RunSettings) -> ZooRunner:
-    from .finetune_io import ADAPTER_FILE, load_finetuned
+    from ...finetuning.io import ADAPTER_FILE, load_finetuned
 
     meta = json.loads((folder / FINETUNE_META).read_text(encoding="utf-8"))
     if "latent" in str(meta.get("data", {}).get("space", "")):
@@ -142,7 +142,7 @@ def runner_from_folder(label: str, folder: Path, settings: RunSettings) -> ZooRu
 
 
 def load_zoo_runner(model: str, settings: RunSettings) -> ZooRunner:
-    from . import zoo
+    from ... import zoo
 
     if model in zoo.ZOO_MODELS:
         try:

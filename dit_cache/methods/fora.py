@@ -18,9 +18,9 @@ stored yet computes (counted as ``reuse_missed``).
 from __future__ import annotations
 
 from .layer_reuse import LayerReuseMethod, Site
-from .registry import register_method
-from .schedules import FORAConfig
-from .state import CallContext
+from ..registry import register_method
+from ..schedules import FORAConfig
+from ..runtime.tracker import CallContext
 
 
 @register_method(FORAConfig)

@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .patch_state import LSC_ATTR
+from ..runtime.patch_state import LSC_ATTR
 
 META_FILE = "finetune.json"
 ADAPTER_FILE = "adapters.safetensors"
@@ -169,7 +169,7 @@ def without_inserted_adapters(model):
 
 def save_result(model, output_dir: Path, *, scheduler, fp16: bool, meta: dict):
     """Write transformer/, adapters.safetensors, scheduler/ and finetune.json (rank 0 only)."""
-    from .adapter_io import save_adapters
+    from ..runtime.adapter_io import save_adapters
 
     output_dir = Path(output_dir)
     tdir = output_dir / "transformer"
@@ -201,8 +201,8 @@ def write_json(path: Path, obj):
 def patch_with_adapters(model, schedule, fusion, adapter_file, **options):
     """`dit_cache.patch` then `load_adapters` of trained long skips; unpatched again if the
     adapters do not load, so a failure leaves the model as it was."""
-    from .adapter_io import load_adapters
-    from .api import patch, unpatch
+    from ..runtime.adapter_io import load_adapters
+    from ..api import patch, unpatch
 
     patch(model, schedule, fusion=fusion, **options)
     try:

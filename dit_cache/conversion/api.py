@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .convert_layouts import PLANNERS, ConvertError, Plan, summarize_keys
+from .layouts import PLANNERS, ConvertError, Plan, summarize_keys
 
 __all__ = [
     "convert",
@@ -257,9 +257,9 @@ def _build(plan: Plan, tensors: dict[str, torch.Tensor]) -> nn.Module:
 
 def _write_adapters(model: nn.Module, skips: dict[int, dict[str, torch.Tensor]], path: Path) -> None:
     """Patch with replace-mode adapters, copy the Skip-DiT skip weights in, save, unpatch."""
-    from .adapter_io import save_adapters
-    from .api import patch, unpatch
-    from .patch_state import get_state
+    from ..runtime.adapter_io import save_adapters
+    from ..api import patch, unpatch
+    from ..runtime.patch_state import get_state
 
     try:
         patch(model, "skip-dit", fusion="replace")
@@ -365,7 +365,7 @@ def convert(
             _write_adapters(model, skips, tmp / ADAPTER_FILE)
             adapters = out / ADAPTER_FILE
         model.save_pretrained(str(tmp), safe_serialization=True)
-        from . import __version__
+        from .. import __version__
 
         info = {
             "format": INFO_FORMAT,
@@ -402,7 +402,7 @@ def use_original_dit_timestep_embedding(model_or_pipeline):
     call it again after every ``from_pretrained``. Returns the model."""
     from diffusers.models.embeddings import CombinedTimestepLabelEmbeddings
 
-    from .api import resolve_model
+    from ..api import resolve_model
 
     model = resolve_model(model_or_pipeline)
     found = [m for m in model.modules() if isinstance(m, CombinedTimestepLabelEmbeddings)]

@@ -48,7 +48,7 @@ from typing import Any, Callable
 
 import torch
 
-from .bench_methods import (
+from .specs import (
     UNPATCHED,
     BenchInputError,
     MethodSpec,
@@ -59,8 +59,8 @@ from .bench_methods import (
     parse_methods,
     validate_method,
 )
-from .bench_metrics import fidelity, instrumented_run, latency_stats, mean_or_none, mean_psnr
-from .bench_runner import RunSettings, load_runner, resolve_dtype
+from .metrics import fidelity, instrumented_run, latency_stats, mean_or_none, mean_psnr
+from .runners.base import RunSettings, load_runner, resolve_dtype
 
 __all__ = [
     "BenchConfig", "BenchResult", "SuiteResult", "run_bench", "ROW_KEYS", "DEFAULT_MODEL", "DEFAULT_SUITE",
@@ -615,7 +615,7 @@ def _machine() -> dict:
 def _meta(config, runner, dist, threads, device, rows, timesteps) -> dict:
     import diffusers
 
-    from . import __version__
+    from .. import __version__
 
     by = {r["method"]: r for r in rows}
     none, unp = by.get("none"), by.get(UNPATCHED)

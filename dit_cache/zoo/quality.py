@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CLASSIFIER_FILE = Path(__file__).parent / "zoo" / "mnist-classifier.safetensors"
+CLASSIFIER_FILE = Path(__file__).parent / "mnist-classifier.safetensors"
 HELD_OUT_PER_CLASS = 50
 NUM_FEATURES = 128
 
@@ -76,7 +76,7 @@ def split_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _still_digits() -> tuple[torch.Tensor, torch.Tensor]:
     """Centred digits (N, 1, 32, 32) in [-1, 1] and their labels."""
-    from .data import mnist, to_float
+    from ..finetuning.data import mnist, to_float
 
     still = mnist()
     return to_float(still.x), still.labels
@@ -84,7 +84,7 @@ def _still_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _moving_frames(frames_per_clip: int = 1) -> torch.Tensor:
     """Frames of the moving-digit clips (N * k, 1, 32, 32) in [-1, 1]; clip i shows digit i."""
-    from .data import moving_mnist, to_float
+    from ..finetuning.data import moving_mnist, to_float
 
     clips = moving_mnist()
     pick = torch.linspace(0, clips.x.shape[2] - 1, frames_per_clip).round().long()
@@ -158,7 +158,7 @@ def load_classifier(path: Path | str = CLASSIFIER_FILE) -> MnistClassifier:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no MNIST classifier at {path}; train one with `python -m dit_cache.mnist_eval --train`")
+        raise FileNotFoundError(f"no MNIST classifier at {path}; train one with `python -m dit_cache.zoo.quality --train`")
     model = MnistClassifier()
     model.load_state_dict(load_file(str(path)))
     return model.eval().requires_grad_(False)
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     model, acc = train_classifier(epochs=args.epochs)
     meta = {**acc, "epochs": args.epochs, "seed": 0, "seconds": round(time.perf_counter() - t0, 1),
-            "command": f"python -m dit_cache.mnist_eval --train --epochs {args.epochs} --threads {args.threads}"}
+            "command": f"python -m dit_cache.zoo.quality --train --epochs {args.epochs} --threads {args.threads}"}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     save_classifier(model, Path(args.output), meta)
     print(json.dumps(meta, indent=2))

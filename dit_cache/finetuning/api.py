@@ -54,13 +54,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .api import patch, resolve_model
-from .finetune_io import PixelSource, encode_latents, load_finetuned, save_result, vae_scale_factor
-from .finetune_loop import Trainer, adapter_parameter_names, has_skip_projections
-from .finetune_objective import DiffusionObjective, build_conditioning, training_scheduler
-from .finetune_state import LR_SCHEDULES, list_checkpoints, setup_distributed
-from .patch_state import get_state
-from .registry import get_adapter
+from ..api import patch, resolve_model
+from .io import PixelSource, encode_latents, load_finetuned, save_result, vae_scale_factor
+from .loop import Trainer, adapter_parameter_names, has_skip_projections
+from .objective import DiffusionObjective, build_conditioning, training_scheduler
+from .state import LR_SCHEDULES, list_checkpoints, setup_distributed
+from ..runtime.patch_state import get_state
+from ..registry import get_adapter
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_finetuned"]
 
@@ -327,7 +327,7 @@ def _finetune(model, pipe, family, data, output_dir, cfg, vae, noise_scheduler, 
     bound = cfg.spectral_bound
     if bound == "auto":
         if has_skip_projections(model):
-            from .spectral import spectral_norms
+            from ..runtime.spectral import spectral_norms
 
             bound = max([1.0] + list(spectral_norms(model).values()))
         else:

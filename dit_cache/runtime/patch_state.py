@@ -6,9 +6,9 @@ from typing import Any
 
 from torch import nn
 
-from .adapters import BackboneAdapter
+from ..adapters import BackboneAdapter
 from .hooks import HookSet
-from .state import StepTracker
+from .tracker import StepTracker
 
 STATE_ATTR = "_dit_cache_state"
 LSC_ATTR = "dit_cache_lsc"  # child ModuleDict holding inserted adapters, keyed by deep unit

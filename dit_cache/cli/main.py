@@ -5,15 +5,12 @@ import argparse
 import dataclasses
 import sys
 
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-
-
-class UsageError(Exception):
-    """Bad input from the command line: one line on stderr, exit code 2."""
-
+from . import bench as bench_cmd
+from . import convert as convert_cmd
+from . import finetune as finetune_cmd
+from .common import UsageError, console
 
 def _config_str(config) -> str:
     if not dataclasses.is_dataclass(config):
@@ -24,7 +21,7 @@ def _config_str(config) -> str:
 
 
 def cmd_presets(args) -> int:
-    from .schedules import presets
+    from ..schedules import presets
 
     table = Table(title="dit-cache presets")
     table.add_column("preset")
@@ -37,8 +34,8 @@ def cmd_presets(args) -> int:
 
 
 def cmd_schedule(args) -> int:
-    from . import schedule_pattern
-    from .models import TINY_MODELS, build_scheduler, build_transformer, family_of
+    from .. import schedule_pattern
+    from ..testing.models import TINY_MODELS, build_scheduler, build_transformer, family_of
 
     if args.model not in TINY_MODELS:
         raise UsageError(f"--model must be one of {', '.join(TINY_MODELS)}")
@@ -54,8 +51,8 @@ def cmd_demo(args) -> int:
     """Patch a tiny DiT pipeline, generate with and without Skip-Cache, show what was skipped."""
     import torch
 
-    from . import patch, stats, unpatch
-    from .models import build_pipeline, pipeline_inputs, run_pipeline
+    from .. import patch, stats, unpatch
+    from ..testing.models import build_pipeline, pipeline_inputs, run_pipeline
 
     torch.set_num_threads(args.threads)
     pipe = build_pipeline(args.model, seed=0, scheduler=args.scheduler)
@@ -79,16 +76,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
-# Sub-commands that live in their own module `dit_cache/cli_<name>.py`, each exposing
+# Sub-commands that live in their own module of this package, each exposing
 # `add_parser(subparsers)`; the parser they add sets `func`.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("cli_convert", "cli_bench", "cli_finetune")
+SUBCOMMAND_MODULES = (convert_cmd, bench_cmd, finetune_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
-    from .models import SCHEDULER_NAMES, TINY_MODELS
-    from .schedules import PRESETS
+    from ..testing.models import SCHEDULER_NAMES, TINY_MODELS
+    from ..schedules import PRESETS
 
     parser = argparse.ArgumentParser(prog="ditcache", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_demo)
     for module in SUBCOMMAND_MODULES:
-        importlib.import_module(f"{__package__}.{module}").add_parser(sub)
+        module.add_parser(sub)
     return parser
 
 
@@ -119,12 +114,3 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)  # one line, never wrapped
         return 2
-
-
-if __name__ == "__main__":
-    # `python -m dit_cache.cli` / `torchrun -m dit_cache.cli` run this file as `__main__`, a second
-    # copy of the module: call the package's `main` so that `dit_cache.cli.UsageError` raised by
-    # sub-command modules is the class caught there.
-    from dit_cache.cli import main as _package_main
-
-    sys.exit(_package_main())

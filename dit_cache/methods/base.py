@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .hooks import BLOCK_HOOK, BlockHook
-from .registry import register_method
-from .schedules import NoCacheConfig
-from .state import CallContext
+from ..runtime.hooks import BLOCK_HOOK, BlockHook
+from ..registry import register_method
+from ..schedules import NoCacheConfig
+from ..runtime.tracker import CallContext
 
 if TYPE_CHECKING:
-    from .patch_state import PatchState
+    from ..runtime.patch_state import PatchState
 
 
 class CacheMethod:
