@@ -1,10 +1,15 @@
 """Backbone adapters: one module per diffusers model family (installed as dit_cache.adapters)."""
-from .base import BackboneAdapter, SkipCacheDefaults, block_hidden_states, with_hidden_states
-from .dit import DiTAdapter
-from .hunyuan import HunyuanDiTAdapter
-from .latte import LatteAdapter
+from .base import SINGLE_STREAM, BackboneAdapter, BlockIO, Site, SkipCacheDefaults
+from .dit import DiTAdapter, DiTFamily
+from .family import FamilySpec, family_spec, register_family, spec_for_model
+from .hunyuan import HunyuanDiTAdapter, HunyuanFamily
+from .latte import LatteAdapter, LatteFamily
 
-BUILTIN_ADAPTERS = (DiTAdapter(), LatteAdapter(), HunyuanDiTAdapter())
+# A backbone is one module: its adapter (runtime) and its FamilySpec (tooling), listed here once.
+BUILTIN_FAMILIES = (DiTFamily(), LatteFamily(), HunyuanFamily())
+BUILTIN_ADAPTERS = tuple(family.adapter_class() for family in BUILTIN_FAMILIES)
+for _family in BUILTIN_FAMILIES:
+    register_family(_family)
 
 __all__ = [
     "BackboneAdapter",
@@ -13,6 +18,12 @@ __all__ = [
     "LatteAdapter",
     "HunyuanDiTAdapter",
     "BUILTIN_ADAPTERS",
-    "block_hidden_states",
-    "with_hidden_states",
+    "FamilySpec",
+    "BUILTIN_FAMILIES",
+    "family_spec",
+    "register_family",
+    "spec_for_model",
+    "BlockIO",
+    "SINGLE_STREAM",
+    "Site",
 ]

@@ -1,9 +1,13 @@
-"""What dit-cache needs to know about a backbone family.
+"""What dit-cache's runtime needs to know about a backbone family.
 
 A backbone is seen as a stack of *units* (a DiT block; a Latte (spatial, temporal) pair; a
 Hunyuan-DiT block). Unit `j < U/2` is shallow and feeds deep unit `U-1-j` through a long skip.
 Hooks sit on the blocks of each unit; the first block of a unit is its *entry*: the skip
 fusion and the Skip-Cache substitution happen on the entry block's input.
+
+How a block takes and returns its token streams is its `BlockIO`; which attention and MLP
+submodules the layer-reuse methods (FORA, PAB) reach are its `reuse_sites`. The tooling-side
+description (configs, conditioning, pipelines) is the family's `FamilySpec` (adapters/family.py).
 """
 from __future__ import annotations
 
@@ -26,6 +30,58 @@ class SkipCacheDefaults:
     close: float = 50.0  # every step after one with t <= close is full
 
 
+@dataclass(frozen=True)
+class BlockIO:
+    """Where a block's token streams are in its arguments and in its return value.
+
+    `inputs` names the stream arguments, which the block takes first and in this order
+    (positionally or by name). The first is the image stream (`hidden_states`): the one long
+    skips carry and fuse. `outputs` is the order of the streams in the tuple the block returns,
+    or None when it returns the image stream alone. A two-stream block (SD3 / Flux joint blocks)
+    is ``BlockIO(("hidden_states", "encoder_hidden_states"), ("encoder_hidden_states",
+    "hidden_states"))``: methods pass the text stream through untouched."""
+
+    inputs: tuple[str, ...] = ("hidden_states",)
+    outputs: tuple[str, ...] | None = None
+
+    def read(self, args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """The input streams, in `inputs` order."""
+        return tuple(args[i] if i < len(args) else kwargs[name] for i, name in enumerate(self.inputs))
+
+    def write(self, args: tuple, kwargs: dict[str, Any], streams: tuple[torch.Tensor, ...]):
+        """`(args, kwargs)` with the input streams replaced by `streams`."""
+        args, kwargs = list(args), dict(kwargs)
+        for i, (name, value) in enumerate(zip(self.inputs, streams)):
+            if i < len(args):
+                args[i] = value
+            else:
+                kwargs[name] = value
+        return tuple(args), kwargs
+
+    def returned(self, streams: tuple[torch.Tensor, ...]):
+        """What the block returns for these streams: a skipped block passes its input through."""
+        if self.outputs is None:
+            return streams[0]
+        by_name = dict(zip(self.inputs, streams))
+        return tuple(by_name[name] for name in self.outputs)
+
+
+SINGLE_STREAM = BlockIO()
+
+
+@dataclass(frozen=True)
+class Site:
+    """One attention or MLP submodule that FORA / PAB may reuse."""
+
+    name: str  # qualified name in the model, e.g. "temporal_transformer_blocks.2.attn1"
+    kind: str  # "spatial" | "temporal" (self-attention), "cross" (attention), "mlp"
+    block: int  # index of its block within its stack (Latte: spatial and temporal stacks)
+
+    @property
+    def group(self) -> str:
+        return "mlp" if self.kind == "mlp" else "attn"
+
+
 class BackboneAdapter:
     """Describes one diffusers model class. Subclass it and pass it to `register_adapter`."""
 
@@ -36,7 +92,8 @@ class BackboneAdapter:
     #: name of the timestep argument of the model's forward
     timestep_arg: str = "timestep"
     defaults: SkipCacheDefaults = SkipCacheDefaults()
-    #: block-module class names whose attention / MLP the FORA/PAB methods may reach
+    #: how every block of the model takes and returns its streams
+    block_io: BlockIO = SINGLE_STREAM
     family: str = "?"
 
     def units(self, model: nn.Module) -> list[list[nn.Module]]:
@@ -64,6 +121,27 @@ class BackboneAdapter:
         n_units = len(self.units(model))
         return max(0, (n_units - 1) // 2)
 
+    def reuse_sites(self, model: nn.Module) -> list[tuple[Site, nn.Module]]:
+        """The attention (`attn1`, `attn2`) and MLP (`ff`) submodules of every block.
+
+        An attention module with ``is_cross_attention`` is "cross"; other attention is "temporal"
+        when its block's name contains "temporal" (Latte's `temporal_transformer_blocks`), else
+        "spatial". Override for blocks laid out otherwise."""
+        names = {id(m): n for n, m in model.named_modules()}
+        sites: list[tuple[Site, nn.Module]] = []
+        for index, blocks in enumerate(self.units(model)):
+            for block in blocks:
+                stack = "temporal" if "temporal" in names[id(block)] else "spatial"
+                for attr in ("attn1", "attn2"):
+                    attn = getattr(block, attr, None)
+                    if isinstance(attn, nn.Module):
+                        kind = "cross" if getattr(attn, "is_cross_attention", False) else stack
+                        sites.append((Site(names[id(attn)], kind, index), attn))
+                ff = getattr(block, "ff", None)
+                if isinstance(ff, nn.Module):
+                    sites.append((Site(names[id(ff)], "mlp", index), ff))
+        return sites
+
     # -- reading the model's forward arguments --------------------------------------------
     def timestep(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
         if self.timestep_arg in kwargs:
@@ -77,14 +155,3 @@ def _positional_index(cls: type, name: str) -> int:
     """Position of a forward argument (without self); cached per class: inspect.signature
     costs ~40 us, paid on every positional-timestep call otherwise."""
     return list(inspect.signature(cls.forward).parameters)[1:].index(name)
-
-
-def block_hidden_states(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
-    """Every supported block takes hidden_states first, positionally or by name."""
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def with_hidden_states(args: tuple, kwargs: dict[str, Any], x: torch.Tensor):
-    if args:
-        return (x, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": x}

@@ -19,8 +19,8 @@ import time
 import torch
 
 import dit_cache
-from dit_cache.bench.run import _BackgroundProbe, _machine
-from dit_cache.testing.models import build_transformer, transformer_inputs
+from dit_cache.bench.machine import BackgroundProbe, machine_info
+from dit_cache.testing import build_transformer, transformer_inputs
 
 VARIANTS = {
     "unpatched": None,
@@ -49,7 +49,7 @@ def measure(name: str, rounds: int, calls: int) -> dict:
     _round(model, inputs, 3)
     names = list(VARIANTS)
     for r in range(rounds):
-        with _BackgroundProbe() as probe:
+        with BackgroundProbe() as probe:
             for variant in names[r % len(names):] + names[: r % len(names)]:  # rotate the order
                 spec = VARIANTS[variant]
                 if spec is not None:
@@ -61,7 +61,7 @@ def measure(name: str, rounds: int, calls: int) -> dict:
         background.append(probe.share)
     med = {v: statistics.median(x) for v, x in per.items()}
     base = med["unpatched"]
-    blocks = len(dit_cache.registry.get_adapter(model).units(model))
+    blocks = len(dit_cache.runtime.registry.get_adapter(model).units(model))
     return {
         "model": name,
         "blocks": blocks,
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"command": sys.argv, "torch": torch.__version__, "threads": args.threads,
-                       "machine": _machine(), "results": results}, f, indent=1)
+                       "machine": machine_info(), "results": results}, f, indent=1)
             f.write("\n")
     return 0
 

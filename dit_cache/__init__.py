@@ -1,25 +1,39 @@
-"""dit-cache: Skip-DiT long-skip adapters and static caching for diffusers DiTs."""
-__version__ = "0.1.0"
+"""dit-cache: Skip-DiT long-skip adapters and static caching for diffusers DiTs.
 
-from .methods import base as _methods  # noqa: F401,E402  (registers the built-in methods)
-from .methods import skip_cache as _skip_cache  # noqa: F401,E402
-from .methods import fora as _fora  # noqa: F401,E402
-from .methods import pab as _pab  # noqa: F401,E402
-from .runtime.adapter_io import load_adapters, save_adapters  # noqa: E402
-from .api import patch, reset, schedule_pattern, stats, unpatch  # noqa: E402
-from .finetuning.api import FinetuneConfig, finetune, load_finetuned  # noqa: E402
-from .registry import register_adapter, supported_models  # noqa: E402
-from .schedules import (  # noqa: E402
-    FORAConfig,
-    NoCacheConfig,
-    PABConfig,
-    SkipCacheConfig,
-    presets,
-    register_preset,
-)
-from .runtime.spectral import cap_spectral_norm_, spectral_norms  # noqa: E402
-from .conversion.api import convert, use_original_dit_timestep_embedding  # noqa: E402
-from . import zoo  # noqa: E402,F401  (dit_cache.zoo.load / .path / .meta)
+The runtime API is imported here; the tooling (`finetune`, `convert`, `zoo`) loads on first
+use, so `import dit_cache` stays light."""
+from __future__ import annotations
+
+import importlib
+
+from .api import patch, reset, schedule_pattern, stats, unpatch
+from .methods import FORAConfig, NoCacheConfig, PABConfig, SkipCacheConfig
+from .runtime.adapter_io import load_adapters, save_adapters
+from .runtime.registry import register_adapter, register_method, supported_models
+from .runtime.spectral import cap_spectral_norm_, spectral_norms
+from .schedules import presets, register_preset
+from .version import __version__
+
+#: Public names of the tooling, loaded on first access: name -> (module, attribute or None).
+_LAZY = {
+    "finetune": ("dit_cache.finetuning.api", "finetune"),
+    "load_finetuned": ("dit_cache.finetuning.api", "load_finetuned"),
+    "FinetuneConfig": ("dit_cache.finetuning.api", "FinetuneConfig"),
+    "convert": ("dit_cache.conversion.api", "convert"),
+    "use_original_dit_timestep_embedding": ("dit_cache.conversion.api", "use_original_dit_timestep_embedding"),
+    "zoo": ("dit_cache.zoo", None),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'dit_cache' has no attribute {name!r}")
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "patch",
@@ -32,6 +46,7 @@ __all__ = [
     "presets",
     "register_preset",
     "register_adapter",
+    "register_method",
     "supported_models",
     "spectral_norms",
     "cap_spectral_norm_",
@@ -40,8 +55,10 @@ __all__ = [
     "FinetuneConfig",
     "convert",
     "use_original_dit_timestep_embedding",
+    "zoo",
     "SkipCacheConfig",
     "NoCacheConfig",
     "FORAConfig",
     "PABConfig",
+    "__version__",
 ]

@@ -5,26 +5,15 @@ import dataclasses
 
 from torch import nn
 
+from . import methods  # noqa: F401  (registers the built-in cache methods)
 from .runtime.fusion import FUSION_MODES, LongSkipFusion
-from .runtime.patch_state import LSC_ATTR, STATE_ATTR, PatchState, get_state
-from .registry import get_adapter, get_method
+from .runtime.hooks import STEP_HOOK, StepHook
+from .runtime.patch_state import LSC_ATTR, STATE_ATTR, PatchState, get_state, require_state, resolve_model
+from .runtime.registry import get_adapter, get_method
 from .schedules import resolve_schedule
 
 ATTENTION_BACKENDS = (None, "xformers")
 KERNELS = ("auto", "torch", "triton", "reference")
-
-
-def resolve_model(model_or_pipeline) -> nn.Module:
-    """A diffusers transformer, or the `.transformer` of a pipeline."""
-    if isinstance(model_or_pipeline, nn.Module):
-        return model_or_pipeline
-    model = getattr(model_or_pipeline, "transformer", None)
-    if isinstance(model, nn.Module):
-        return model
-    raise TypeError(
-        f"expected a diffusers transformer model or a pipeline with a `.transformer`, got "
-        f"{type(model_or_pipeline).__name__}"
-    )
 
 
 def _apply_options(config, options: dict):
@@ -113,8 +102,6 @@ def patch(model_or_pipeline, schedule="skip-dit", *, fusion=None, kernel="auto",
             state.lscs = _insert_adapters(model, state)
         state.method = method_cls(state, config)
         state.method.install()
-        from .runtime.hooks import STEP_HOOK, StepHook
-
         state.hooks.add(model, StepHook(state), STEP_HOOK)
         if attention == "xformers":
             from .kernels.attention import enable_xformers
@@ -153,17 +140,9 @@ def unpatch(model_or_pipeline) -> nn.Module:
     return model
 
 
-def _state_or_raise(model_or_pipeline) -> PatchState:
-    model = resolve_model(model_or_pipeline)
-    state = get_state(model)
-    if state is None:
-        raise ValueError(f"this {type(model).__name__} is not patched; call dit_cache.patch(model, ...) first")
-    return state
-
-
 def stats(model_or_pipeline) -> dict:
     """Counters of the last (or current) generation of a patched model."""
-    state = _state_or_raise(model_or_pipeline)
+    state = require_state(model_or_pipeline)
     s = state.tracker.stats
     return {
         "method": getattr(state.config, "name", type(state.config).__name__),
@@ -184,7 +163,7 @@ def stats(model_or_pipeline) -> dict:
 def reset(model_or_pipeline) -> None:
     """Forget the current generation (the next call starts fresh). Rarely needed: new
     generations are detected from the timesteps."""
-    _state_or_raise(model_or_pipeline).tracker.abort()
+    require_state(model_or_pipeline).tracker.abort()
 
 
 def schedule_pattern(model_or_pipeline, num_inference_steps: int, schedule=None, scheduler=None, **options) -> str:

@@ -96,46 +96,34 @@ def _skip_fusion_kernel(
     row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     row_sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
 
-    # x @ w1^T: two loops (x then s) rather than one loading four tiles per step halves the
-    # shared memory per pipeline stage.
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + offs_k
-        mask_k = k < K
-        a = tl.load(
-            x_ptr + rows[:, None] * stride_xm + k[None, :] * stride_xk,
-            mask=mask_m[:, None] & mask_k[None, :], other=0.0,
-        )  # (BM, BK)
-        w = tl.load(
-            w1_ptr + k[:, None] * stride_w1k + offs_n[None, :] * stride_w1n,
-            mask=mask_k[:, None] & mask_n[None, :], other=0.0,
-        )  # (BK, BN)
-        if DOT_IN_FP32:  # interpreter + bf16 only: its tl.dot multiplies raw bf16 bit patterns
-            acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+    # x @ w1^T, then s @ w2^T: `part` is a compile-time constant, so this unrolls into two K
+    # loops (one input tile and one weight tile per step: half the shared memory per pipeline
+    # stage of a single loop loading four tiles).
+    for part in tl.static_range(2):
+        if part == 0:
+            a_ptr, stride_am, stride_ak = x_ptr, stride_xm, stride_xk
+            w_ptr, stride_wn, stride_wk = w1_ptr, stride_w1n, stride_w1k
         else:
-            acc = tl.dot(a, w, acc, input_precision=INPUT_PRECISION)
-        d = tl.where(mask_k[None, :], a.to(tl.float32) - shift[:, None], 0.0)  # (BM, BK)
-        row_sum += tl.sum(d, axis=1)
-        row_sq += tl.sum(d * d, axis=1)
-
-    # s @ w2^T, same stats
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + offs_k
-        mask_k = k < K
-        a = tl.load(
-            s_ptr + rows[:, None] * stride_sm + k[None, :] * stride_sk,
-            mask=mask_m[:, None] & mask_k[None, :], other=0.0,
-        )  # (BM, BK)
-        w = tl.load(
-            w2_ptr + k[:, None] * stride_w2k + offs_n[None, :] * stride_w2n,
-            mask=mask_k[:, None] & mask_n[None, :], other=0.0,
-        )  # (BK, BN)
-        if DOT_IN_FP32:  # interpreter + bf16 only: its tl.dot multiplies raw bf16 bit patterns
-            acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, w, acc, input_precision=INPUT_PRECISION)
-        d = tl.where(mask_k[None, :], a.to(tl.float32) - shift[:, None], 0.0)
-        row_sum += tl.sum(d, axis=1)
-        row_sq += tl.sum(d * d, axis=1)
+            a_ptr, stride_am, stride_ak = s_ptr, stride_sm, stride_sk
+            w_ptr, stride_wn, stride_wk = w2_ptr, stride_w2n, stride_w2k
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + offs_k
+            mask_k = k < K
+            a = tl.load(
+                a_ptr + rows[:, None] * stride_am + k[None, :] * stride_ak,
+                mask=mask_m[:, None] & mask_k[None, :], other=0.0,
+            )  # (BM, BK)
+            w = tl.load(
+                w_ptr + k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
+                mask=mask_k[:, None] & mask_n[None, :], other=0.0,
+            )  # (BK, BN)
+            if DOT_IN_FP32:  # interpreter + bf16 only: its tl.dot multiplies raw bf16 bit patterns
+                acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, w, acc, input_precision=INPUT_PRECISION)
+            d = tl.where(mask_k[None, :], a.to(tl.float32) - shift[:, None], 0.0)  # (BM, BK)
+            row_sum += tl.sum(d, axis=1)
+            row_sq += tl.sum(d * d, axis=1)
 
     # LayerNorm as an epilogue: mean and reciprocal std of the 2K-long row [x, s]
     n = 2.0 * K

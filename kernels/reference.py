@@ -18,16 +18,7 @@ import torch.nn.functional as F
 __all__ = ["skip_fusion_reference"]
 
 
-def skip_fusion_reference(
-    x: torch.Tensor,
-    s: torch.Tensor,
-    norm_weight: torch.Tensor | None,
-    norm_bias: torch.Tensor | None,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    eps: float = 1e-6,
-    residual: bool = False,
-) -> torch.Tensor:
+def skip_fusion_reference(x, s, norm_weight, norm_bias, weight, bias, eps: float = 1e-6, residual: bool = False):
     """Unfused reference: concat, fp32 LayerNorm, cast, Linear (+ x in residual mode).
 
     Shapes: x, s (..., D); norm_weight, norm_bias (2D,) or None; weight (D, 2D); bias (D,) or None.

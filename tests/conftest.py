@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dit_cache.testing.models import TINY_MODELS, build_pipeline, build_transformer
+from dit_cache.testing import TINY_MODELS, build_pipeline, build_transformer
 
 FAMILIES = TINY_MODELS  # ("tiny-dit", "tiny-latte", "tiny-hunyuan")
 

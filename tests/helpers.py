@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from dit_cache.registry import get_adapter
+from dit_cache.runtime.registry import get_adapter
 
 
 class ExecutionCounter:

@@ -107,7 +107,7 @@ def videosys_mlp_action(all_timesteps: list[int], timestep: int, block_idx: int,
 
 def predicted_counts(model, config, timesteps: list[float], calls_per_step: int = 1) -> dict[str, tuple[int, int]]:
     """kind -> (computed, reused) calls for FORA / PAB over one generation."""
-    from dit_cache.schedules import FORAConfig, NoCacheConfig, PABConfig
+    from dit_cache import FORAConfig, NoCacheConfig, PABConfig
 
     kinds = site_kinds(model)
     out = {k: [0, 0] for k in KINDS}

@@ -8,7 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import dit_cache
-from dit_cache.testing.models import build_transformer, transformer_inputs
+from dit_cache.testing import build_transformer, transformer_inputs
 
 
 def _randomise_adapters(model, seed=0):

@@ -15,15 +15,10 @@ import pytest
 import torch
 
 from dit_cache import presets
-from dit_cache.bench.run import ROW_KEYS, BenchConfig, run_bench
-from dit_cache.bench.specs import (
-    BenchInputError,
-    MethodSpec,
-    apply_method,
-    default_methods,
-    parse_methods,
-)
-from dit_cache.bench.runners.base import RunSettings, load_runner
+from dit_cache.bench import ROW_KEYS, BenchConfig, BenchInputError, run_bench
+from dit_cache.bench.install import apply_method
+from dit_cache.bench.runners import RunSettings, load_runner
+from dit_cache.bench.specs import MethodSpec, default_methods, parse_methods
 from dit_cache.cli import main
 
 REQUIRED = ("method", "latency_s", "speedup", "flops", "ideal_speedup", "efficiency", "peak_mem_bytes",
@@ -203,7 +198,7 @@ def test_cli_not_a_model_directory(tmp_path, capsys):
 
 
 def test_cli_local_transformer_directory(tmp_path, capsys):
-    from dit_cache.testing.models import build_transformer
+    from dit_cache.testing import build_transformer
 
     build_transformer("tiny-hunyuan").save_pretrained(tmp_path / "hy")
     out = tmp_path / "r.json"
@@ -259,8 +254,8 @@ def test_without_flops_and_memory():
 
 
 def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path):
-    import dit_cache.bench.run as bench
+    import dit_cache.bench.plot as bench_plot
 
-    monkeypatch.setattr(bench, "plot_available", lambda: (False, "--plot needs matplotlib, which is not installed"))
+    monkeypatch.setattr(bench_plot, "plot_available", lambda: (False, "--plot needs matplotlib, which is not installed"))
     assert main(["bench", "--model", "tiny-dit", "--no-progress", "--plot", str(tmp_path / "p.png")]) == 2
     assert "needs matplotlib" in capsys.readouterr().out  # checked before anything runs

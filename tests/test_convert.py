@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 import dit_cache
 from dit_cache.cli import main
-from dit_cache.conversion.api import ADAPTER_FILE, INFO_FILE, ConvertError, read_checkpoint
+from dit_cache.conversion import ADAPTER_FILE, INFO_FILE, ConvertError, read_checkpoint
 
 D, HEADS, DEPTH, P, LATENT, C, CLASSES = 64, 4, 4, 2, 16, 4, 10
 FRAMES, CAPTION, TEXT_LEN = 4, 32, 6

@@ -6,8 +6,8 @@ import torch
 
 import dit_cache
 from dit_cache.methods.base import CacheMethod
-from dit_cache.testing.models import transformer_inputs
-from dit_cache.registry import register_method
+from dit_cache.testing import transformer_inputs
+from dit_cache.runtime.registry import register_method
 
 
 def _snapshot(model):

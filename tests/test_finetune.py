@@ -17,7 +17,7 @@ import dit_cache
 from dit_cache.finetuning import data
 from dit_cache.cli import main
 from dit_cache.finetuning.objective import DiffusionObjective, class_tokens, training_scheduler
-from dit_cache.testing.models import build_pipeline, pipeline_inputs, run_pipeline
+from dit_cache.testing import build_pipeline, pipeline_inputs, run_pipeline
 
 TINY_DIT = dict(
     num_attention_heads=2, attention_head_dim=16, in_channels=1, out_channels=2, num_layers=4, sample_size=8,
@@ -230,8 +230,8 @@ def test_pipeline_retrofit_every_family(name, tmp_path):
     assert meta["adapters"] == ("native" if native else "residual") and meta["data"]["space"].startswith("latent")
     assert len(list((tmp_path / "latents").glob("latents-*.safetensors"))) == 1
     if name == "tiny-dit":  # the cache is hit by the same data + VAE, missed by other data
-        from dit_cache.finetuning.io import encode_latents
-        from dit_cache.finetuning.state import DistContext
+        from dit_cache.finetuning.sources import encode_latents
+        from dit_cache._common.dist import DistContext
 
         kw = dict(channels=3, size=128, sample=True, batch=4, cache_dir=tmp_path / "latents", ctx=DistContext())
         src, note = encode_latents(pipe.vae, ds, **kw)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import dit_cache
 from dit_cache import FORAConfig
-from dit_cache.testing.models import (
+from dit_cache.testing import (
     build_pipeline,
     build_scheduler,
     build_transformer,

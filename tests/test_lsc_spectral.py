@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import dit_cache
 from dit_cache.runtime.fusion import LongSkipFusion
-from dit_cache.testing.models import build_transformer
+from dit_cache.testing import build_transformer
 
 
 def reference(x, s, lsc):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import dit_cache
-from dit_cache.testing.models import TINY_MODELS, build_pipeline, pipeline_inputs, run_pipeline
-from dit_cache.schedules import FORAConfig, NoCacheConfig, PABConfig
+from dit_cache.testing import TINY_MODELS, build_pipeline, pipeline_inputs, run_pipeline
+from dit_cache import FORAConfig, NoCacheConfig, PABConfig
 from helpers import ExecutionCounter, expected_block_calls
 from reuse_helpers import SubmoduleCounter, module_snapshot, predicted_counts, timesteps_of
 
@@ -50,7 +50,7 @@ def test_counts_match_the_schedule(backbone, preset):
     ts = timesteps_of(pipe, STEPS)
 
     assert s["calls"] == STEPS and s["pattern"] == dit_cache.schedule_pattern(pipe, STEPS)
-    n_blocks = sum(len(unit) for unit in dit_cache.registry.get_adapter(model).units(model))
+    n_blocks = sum(len(unit) for unit in dit_cache.runtime.registry.get_adapter(model).units(model))
     assert s["block_calls"] == n_blocks * STEPS and s["blocks_skipped"] == 0
     predicted = predicted_counts(model, config, ts)
     for kind, (computed, reused) in predicted.items():

@@ -4,7 +4,7 @@ import copy
 import torch
 
 import dit_cache
-from dit_cache.testing.models import build_scheduler, family_of, transformer_inputs
+from dit_cache.testing import build_scheduler, family_of, transformer_inputs
 
 
 def _generation(model, name, steps=6, dtype=torch.float32, seed=1):

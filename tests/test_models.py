@@ -1,15 +1,15 @@
-"""Tests for dit_cache.testing.models: offline model / pipeline builders (fast: a few seconds)."""
+"""Tests for dit_cache.testing: offline model / pipeline builders (fast: a few seconds)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dit_cache.testing.models import (
+from dit_cache.testing import (
     MODEL_CONFIGS,
     SCHEDULERS,
     TINY_MODELS,
-    _reinit_zero_linears,
+    reinit_zero_linears,
     build_pipeline,
     build_scheduler,
     build_transformer,
@@ -176,7 +176,7 @@ def test_no_zero_initialised_linears(name, tiny_transformers):
     torch.nn.init.zeros_(lin.weight)
     torch.nn.init.zeros_(lin.bias)
     wrapper = torch.nn.Sequential(lin)
-    assert _reinit_zero_linears(wrapper) == ["0"]
+    assert reinit_zero_linears(wrapper) == ["0"]
     assert lin.weight.any() and lin.bias.any()
 
 
@@ -313,3 +313,31 @@ def test_dit_labels_and_no_guidance():
     with_cfg = run_pipeline(pipe, pipeline_inputs("tiny-dit", num_inference_steps=2), return_latents=True)
     without = run_pipeline(pipe, inputs, return_latents=True)
     assert without.shape == with_cfg.shape and not torch.equal(without, with_cfg)
+
+
+def test_family_specs_are_found_by_name_class_and_pipeline():
+    from dit_cache.adapters.family import (
+        family_spec,
+        spec_for_model,
+        spec_for_pipeline_class,
+        spec_for_transformer_class,
+    )
+
+    for name, cfg in MODEL_CONFIGS.items():
+        spec = family_spec(cfg["family"])
+        model = build_transformer(name, device="meta")
+        assert spec_for_model(model) is spec and spec_for_model(type(model)) is spec
+        assert spec_for_transformer_class(type(model).__name__) is spec
+        assert spec_for_pipeline_class(spec.pipeline_class_name) is spec
+        assert cfg["transformer"] == spec.model_configs[name]["transformer"]
+
+    class Subclass(type(model)):
+        pass
+
+    assert spec_for_model(Subclass) is spec  # along the MRO
+    assert spec_for_pipeline_class("NoSuchPipeline") is None
+    assert spec_for_transformer_class(None) is None
+    with pytest.raises(ValueError, match="unknown model family"):
+        family_spec("sd3")
+    with pytest.raises(ValueError, match="no model family describes"):
+        spec_for_model(torch.nn.Linear)

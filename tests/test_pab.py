@@ -8,7 +8,7 @@ from diffusers.hooks import HookRegistry, PyramidAttentionBroadcastConfig, apply
 
 import dit_cache
 from dit_cache import PABConfig
-from dit_cache.testing.models import (
+from dit_cache.testing import (
     build_pipeline,
     build_scheduler,
     build_transformer,

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import dit_cache
-from dit_cache.testing.models import build_pipeline, pipeline_inputs, run_pipeline
+from dit_cache.testing import build_pipeline, pipeline_inputs, run_pipeline
 from helpers import ExecutionCounter, expected_block_calls, max_rel_err
 
 STEPS = 8

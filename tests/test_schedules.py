@@ -3,8 +3,8 @@ block-compute speedups it tabulates for each backbone."""
 import pytest
 
 import dit_cache
-from dit_cache.testing.models import build_scheduler, build_transformer
-from dit_cache.schedules import SkipCacheConfig
+from dit_cache.testing import build_scheduler, build_transformer
+from dit_cache import SkipCacheConfig
 
 
 def _ideal_speedup(pattern: str, units: int, k: int) -> float:

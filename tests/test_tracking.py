@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dit_cache
-from dit_cache.testing.models import build_scheduler, family_of, transformer_inputs
+from dit_cache.testing import build_scheduler, family_of, transformer_inputs
 from helpers import ExecutionCounter, expected_block_calls
 
 
@@ -75,7 +75,7 @@ def test_interrupted_generation_does_not_poison_the_next(name, model):
     assert all(torch.equal(a, b) for a, b in zip(_sample(model, name, ts), reference))
 
     # 2) an exception inside the forward in the middle of a cached step
-    deep_block = dit_cache.registry.get_adapter(model).units(model)[-1][0]
+    deep_block = dit_cache.runtime.registry.get_adapter(model).units(model)[-1][0]
     handle = deep_block.attn1.register_forward_pre_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         _sample(model, name, ts[:4], seeds=(5,))

@@ -13,11 +13,12 @@ import torch
 
 import dit_cache
 from dit_cache import zoo
-from dit_cache.bench.run import BenchConfig, run_bench
-from dit_cache.bench.runners.base import RunSettings
-from dit_cache.bench.runners.zoo import ZooRunner, load_zoo_runner
+from dit_cache.bench import BenchConfig, run_bench
+from dit_cache.bench.runners import RunSettings, ZooRunner, load_zoo_runner
 from dit_cache.cli import main
-from dit_cache.zoo.quality import MnistQuality, _renderings, accuracy, load_classifier, split_index
+from dit_cache.zoo.classifier import accuracy, load_classifier, split_index
+from dit_cache.zoo.classifier import renderings as digit_renderings
+from dit_cache.zoo.quality import MnistQuality
 from dit_cache.runtime.patch_state import get_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def classifier():
 
 @pytest.fixture(scope="module")
 def renderings():
-    return _renderings()
+    return digit_renderings()
 
 
 def test_every_zoo_model_ships():
@@ -121,7 +122,8 @@ def test_bench_on_a_retrofit_installs_its_trained_adapters():
                       RunSettings(steps=6, batch=4))
     base = plain.generate(plain.prepare(0))
     runner = load_zoo_runner("mnist-dit-retrofit", RunSettings(steps=6, batch=4))
-    from dit_cache.bench.specs import MethodSpec, apply_method
+    from dit_cache.bench.install import apply_method
+    from dit_cache.bench.specs import MethodSpec
 
     applied = apply_method(MethodSpec("none", {}, "none"), runner)
     with_adapters = runner.generate(runner.prepare(0))

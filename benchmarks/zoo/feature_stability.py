@@ -74,8 +74,7 @@ def perturbation(model, generator) -> list[float]:
 
 
 def across_steps(model, meta: dict) -> list[float]:
-    from dit_cache.bench.runners.base import RunSettings
-    from dit_cache.bench.runners.zoo import ZooRunner
+    from dit_cache.bench.runners import RunSettings, ZooRunner
 
     runner = ZooRunner("m", model, meta, RunSettings(steps=20, batch=20))  # model already patched where needed
     rec = BlockRecorder(model.transformer_blocks)

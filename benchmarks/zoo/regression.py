@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from dit_cache import zoo
-from dit_cache.bench.run import BenchConfig, run_bench
+from dit_cache.bench import BenchConfig, run_bench
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "zoo_regression.json"
 SETTINGS = {"steps": 20, "batch": 4, "seeds": [0]}

@@ -53,8 +53,7 @@ def model_at(run: Path, checkpoint: Path):
 
 
 def evaluate(model, meta, samples: int, steps: int, quality) -> dict:
-    from dit_cache.bench.runners.base import RunSettings
-    from dit_cache.bench.runners.zoo import ZooRunner
+    from dit_cache.bench.runners import RunSettings, ZooRunner
 
     runner = ZooRunner("ckpt", model, meta, RunSettings(steps=steps, batch=100))
     outs, labels = [], []
@@ -67,7 +66,7 @@ def evaluate(model, meta, samples: int, steps: int, quality) -> dict:
 
 
 def main(argv=None) -> int:
-    from dit_cache.finetuning.state import list_checkpoints
+    from dit_cache.finetuning.checkpoints import list_checkpoints
     from dit_cache.zoo.quality import MnistQuality
 
     p = argparse.ArgumentParser()

@@ -28,8 +28,8 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from ..bench.run import DEFAULT_STEPS, DEFAULT_SUITE, ZOO_DEFAULT_BATCH
-    from ..testing.models import SCHEDULER_NAMES
+    from ..bench.config import DEFAULT_STEPS, DEFAULT_SUITE, ZOO_DEFAULT_BATCH
+    from ..testing import SCHEDULER_NAMES
     from ..zoo import ZOO_MODELS
 
     p = subparsers.add_parser(
@@ -85,17 +85,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_bench(args) -> int:
     from rich.console import Console
 
-    from ..bench.run import (
-        DEFAULT_SUITE, ZOO_DEFAULT_BATCH, BenchConfig, MissingDependency, SuiteResult, plot_available,
-        render_table, run_bench,
-    )
+    from ..bench import BenchConfig, BenchInputError, SuiteResult, render_table, run_bench
+    from ..bench import plot as bench_plot
+    from ..bench.config import DEFAULT_SUITE, ZOO_DEFAULT_BATCH
+    from ..bench.runners import check_model_name
     from ..zoo import ZOO_MODELS
-    from ..bench.specs import BenchInputError
-    from ..bench.runners.base import check_model_name
     from .common import UsageError
 
     if args.plot:
-        ok, reason = plot_available()
+        ok, reason = bench_plot.plot_available()
         if not ok:
             raise UsageError(reason)
     seeds = [s for group in args.seeds for s in (group if isinstance(group, list) else [group])]
@@ -141,6 +139,6 @@ def cmd_bench(args) -> int:
             result.write_csv(args.csv)
         if args.plot:
             result.plot(args.plot)
-    except (OSError, MissingDependency) as err:
+    except (OSError, bench_plot.MissingDependency) as err:
         raise UsageError(f"cannot write results: {err}") from None
     return 0

@@ -5,11 +5,11 @@ import argparse
 
 from rich.markup import escape
 
+from ..conversion import DTYPES, LAYOUTS, ConvertError, convert
+from .common import console
+
 
 def cmd_convert(args) -> int:
-    from .common import console
-    from ..conversion.api import ConvertError, convert
-
     try:
         result = convert(
             args.src,
@@ -53,16 +53,16 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    from ..conversion.api import DTYPES, LAYOUTS
+HELP = "convert an original DiT / Skip-DiT / Latte-skip checkpoint to diffusers (+ adapters)"
+DESCRIPTION = (
+    "Convert a research-repo checkpoint (.pt/.pth read with weights_only=True, or .safetensors) into a "
+    "diffusers model directory; Skip-DiT layouts also get a dit-cache adapter file (fusion='replace'). "
+    "Nothing is written unless the conversion succeeds."
+)
 
-    p = subparsers.add_parser(
-        "convert",
-        help="convert an original DiT / Skip-DiT / Latte-skip checkpoint to diffusers (+ adapters)",
-        description="Convert a research-repo checkpoint (.pt/.pth read with weights_only=True, or "
-        ".safetensors) into a diffusers model directory; Skip-DiT layouts also get a dit-cache "
-        "adapter file (fusion='replace'). Nothing is written unless the conversion succeeds.",
-    )
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("convert", help=HELP, description=DESCRIPTION)
     p.add_argument("src", help="checkpoint file (.pt, .pth, .safetensors)")
     p.add_argument("out", help="output directory (must not exist unless --overwrite)")
     p.add_argument("--from", dest="layout", required=True, choices=LAYOUTS, help="checkpoint layout")

@@ -117,7 +117,7 @@ def _read_config(text: str) -> dict:
 def _transformer_class(name: str | None):
     import diffusers
 
-    from ..registry import supported_models
+    from ..runtime.registry import supported_models
 
     if not name:
         raise UsageError("the model config has no _class_name (e.g. DiTTransformer2DModel)")
@@ -132,7 +132,7 @@ def _load_model(args, seed: int):
     """(model_or_pipeline, default scheduler source)."""
     import torch
 
-    from ..testing.models import TINY_MODELS, build_pipeline, build_transformer
+    from ..testing import TINY_MODELS, build_pipeline, build_transformer
 
     given = [a for a in ("pipeline", "model", "model_config") if getattr(args, a)]
     if len(given) != 1:

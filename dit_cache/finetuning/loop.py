@@ -1,7 +1,7 @@
-"""The training loop of `dit_cache.finetune` (see finetune.py for the public API)."""
+"""The training loop of `dit_cache.finetune` (the public API: finetuning.api): stages, one
+optimizer step, checkpoints and resumption, the step log."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -11,95 +11,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..runtime.spectral import cap_spectral_norm_, spectral_norms
+from .batches import BatchOrder
+from .checkpoints import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .._common.dist import DistContext
+from .model import adapter_parameter_names, has_skip_projections, no_builtin_label_dropout
 from .objective import DiffusionObjective, timestep_for_model
-from .state import (
-    EMA,
-    DistContext,
-    capture_rng,
-    load_checkpoint,
-    lr_at,
-    restore_rng,
-    save_checkpoint,
-)
-from ..runtime.patch_state import LSC_ATTR, get_state
-from ..registry import get_adapter
+from .optim import EMA, lr_at
+from .._common.progress import ProgressBar
 
 STAGES = ("adapters", "full")
-
-
-def adapter_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the long-skip parameters: inserted `dit_cache_lsc.*`, else the backbone's native
-    skip modules (Hunyuan-DiT `skip_norm` / `skip_linear`)."""
-    names = [n for n, _ in model.named_parameters()]
-    state = get_state(model)
-    if state is not None and state.lscs is not None:
-        return [n for n in names if n.startswith(LSC_ATTR + ".")]
-    prefixes = tuple(p + "." for p in get_adapter(model).native_skip_modules(model))
-    return [n for n in names if prefixes and n.startswith(prefixes)]
-
-
-def has_skip_projections(model: nn.Module) -> bool:
-    state = get_state(model)
-    if state is not None and state.lscs is not None:
-        return True
-    return bool(get_adapter(model).native_skip_linears(model))
-
-
-@contextlib.contextmanager
-def no_builtin_label_dropout(model: nn.Module):
-    """DiT's LabelEmbedding drops labels in train mode from the global RNG; finetune drops them
-    itself (seeded, configurable), so the built-in dropout is switched off while training."""
-    from diffusers.models.embeddings import LabelEmbedding
-
-    saved = [(m, m.dropout_prob) for m in model.modules() if isinstance(m, LabelEmbedding)]
-    for m, _ in saved:
-        m.dropout_prob = 0.0
-    try:
-        yield
-    finally:
-        for m, p in saved:
-            m.dropout_prob = p
-
-
-class BatchOrder:
-    """Shuffled sample order per epoch from `DistributedSampler` (seed + epoch), batched per rank;
-    its whole state is (epoch, batches consumed in the epoch)."""
-
-    def __init__(self, n: int, per_rank: int, ctx: DistContext, seed: int):
-        from torch.utils.data import DistributedSampler
-
-        self.sampler = DistributedSampler(
-            range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
-        )
-        self.per_rank = per_rank
-        self.steps_per_epoch = len(self.sampler) // per_rank
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"the data has {n} samples, fewer than one global batch ({per_rank * ctx.world_size}); "
-                "lower batch_size or add data"
-            )
-        self.epoch, self.pos, self._indices = 0, 0, None
-
-    def _materialise(self):
-        self.sampler.set_epoch(self.epoch)
-        self._indices = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
-
-    def next(self) -> torch.Tensor:
-        if self._indices is None:
-            self._materialise()
-        if self.pos >= self.steps_per_epoch:
-            self.epoch, self.pos = self.epoch + 1, 0
-            self._materialise()
-        b = self._indices[self.pos * self.per_rank : (self.pos + 1) * self.per_rank]
-        self.pos += 1
-        return b
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "seed": self.sampler.seed}
-
-    def load_state_dict(self, s: dict):
-        self.epoch, self.pos = int(s["epoch"]), int(s["pos"])
-        self._materialise()
 
 
 def _step_of(line: str) -> float:
@@ -256,8 +177,6 @@ class Trainer:
                 group["lr"] = lr
             self.optimizer.step()
             if self.spectral_bound is not None and self.has_projections:
-                from ..runtime.spectral import cap_spectral_norm_
-
                 before = cap_spectral_norm_(self.model, self.spectral_bound)
                 sigmas = {k: min(v, self.spectral_bound) for k, v in before.items()}
             if self.ema is not None:
@@ -266,8 +185,6 @@ class Trainer:
             self.skipped += 1
         self.optimizer.zero_grad(set_to_none=True)
         if sigmas is None and self.has_projections:
-            from ..runtime.spectral import spectral_norms
-
             sigmas = spectral_norms(self.model)
         self.step += 1
         record = {
@@ -290,7 +207,11 @@ class Trainer:
         if self.stage is None and self.step < self.total:
             self.setup_stage(self.stage_of(self.step)[0])
         log = open(self.log_path, "a", encoding="utf-8") if self.ctx.is_main else None
-        bar = _Progress(self.total, self.step, enabled=progress and self.ctx.is_main, console=self.console)
+        bar = ProgressBar(
+            "[bold]finetune[/bold] {task.fields[stage]}", self.total, enabled=progress and self.ctx.is_main,
+            console=self.console, completed=self.step, fields={"loss": "loss {}", "rate": "{} step/s", "stage": None},
+            remaining=True,
+        )
         self.model.train()
         start = time.perf_counter()
         first = self.step
@@ -304,7 +225,9 @@ class Trainer:
                         log.write(json.dumps(record) + "\n")
                         log.flush()
                     done = self.step - first
-                    bar.update(self.step, record["loss"], done / max(1e-9, time.perf_counter() - start), record["stage"])
+                    loss, rate = record["loss"], done / max(1e-9, time.perf_counter() - start)
+                    shown = f"{loss:.4f}" if isinstance(loss, float) else str(loss)
+                    bar.update(completed=self.step, loss=shown, rate=f"{rate:.2f}", stage=record["stage"])
                     if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or self.step == self.total):
                         self.save_checkpoint()
                     if self.callback is not None:
@@ -317,39 +240,3 @@ class Trainer:
         self.steps_run = self.step - first
         self.ctx.check_same(self.model)
         return self.records
-
-
-class _Progress:
-    """rich progress bar with loss and throughput (a no-op when disabled)."""
-
-    def __init__(self, total: int, done: int, enabled: bool, console):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]finetune[/bold] {task.fields[stage]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[rate]} step/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        self.task = self.progress.add_task("finetune", total=total, completed=done, loss="-", rate="-", stage="")
-
-    def __enter__(self):
-        if self.enabled:
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.progress.__exit__(*exc)
-
-    def update(self, step: int, loss, rate: float, stage: str):
-        if self.enabled:
-            shown = f"{loss:.4f}" if isinstance(loss, float) else str(loss)
-            self.progress.update(self.task, completed=step, loss=shown, rate=f"{rate:.2f}", stage=stage)

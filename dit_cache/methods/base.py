@@ -1,18 +1,27 @@
-"""Base class of a cache method and the `none` method.
+"""Base class of a cache method, and the `none` method.
 
 A method gets a `PatchState` (adapter, tracker, hooks); it decides per step whether the step
-is full and implements what a block hook does. Register it for its config type."""
+is full and implements what a block hook does. It registers itself for its config type with
+`@register_method(ConfigClass)`."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..runtime.hooks import BLOCK_HOOK, BlockHook
-from ..registry import register_method
-from ..schedules import NoCacheConfig
+from ..runtime.hooks import BLOCK_HOOK, DispatchHook
+from ..runtime.registry import register_method
 from ..runtime.tracker import CallContext
 
 if TYPE_CHECKING:
     from ..runtime.patch_state import PatchState
+
+
+@dataclass(frozen=True)
+class NoCacheConfig:
+    """Patched, step tracking on, never caching: the reference point for overhead."""
+
+    name = "none"
+    inserts_adapters = False
 
 
 class CacheMethod:
@@ -25,10 +34,12 @@ class CacheMethod:
         return config
 
     def install(self) -> None:
+        """One dispatch hook per block, calling `block_forward`."""
         units = self.state.adapter.units(self.state.model)
         for u, blocks in enumerate(units):
             for position, block in enumerate(blocks):
-                self.state.hooks.add(block, BlockHook(self.state, u, position), BLOCK_HOOK)
+                hook = DispatchHook(self.state, "block_forward", (u, position), counts_blocks=True)
+                self.state.hooks.add(block, hook, BLOCK_HOOK)
 
     def decide(self, step: int, t: float, t_prev: float | None) -> bool:
         return True
@@ -36,11 +47,14 @@ class CacheMethod:
     def begin_call(self, ctx: CallContext) -> None:
         pass
 
-    def block_forward(self, hook: BlockHook, ctx: CallContext, args: tuple, kwargs: dict):
+    def block_forward(self, hook: DispatchHook, ctx: CallContext, args: tuple, kwargs: dict):
         return hook.run(args, kwargs)
 
     def describe_cache(self) -> dict:
         return {}
+
+
+PRESETS = {"none": NoCacheConfig()}
 
 
 @register_method(NoCacheConfig)

@@ -17,16 +17,45 @@ stored yet computes (counted as ``reuse_missed``).
 """
 from __future__ import annotations
 
-from .layer_reuse import LayerReuseMethod, Site
-from ..registry import register_method
-from ..schedules import FORAConfig
+from dataclasses import dataclass
+
+from ..adapters import Site
+from ..runtime.registry import register_method
 from ..runtime.tracker import CallContext
+from .layer_reuse import LayerReuseMethod
+from .validation import check_required_int
+
+
+@dataclass(frozen=True)
+class FORAConfig:
+    """FORA (Fast-Forward caching): on refresh steps (``step % interval == 0``, so the first
+    step too) every block computes and stores the outputs of its attention and MLP submodules
+    (before the adaLN gate); on the ``interval - 1`` following steps each block reuses them
+    while its modulation (shift/scale/gate) is recomputed from the new timestep."""
+
+    interval: int = 3
+
+    name = "fora"
+    inserts_adapters = False
+
+    def __post_init__(self):
+        check_required_int("interval", self.interval)
+
+    def is_full(self, step: int, t: float, t_prev: float | None) -> bool:
+        return step % self.interval == 0
+
+    def pattern(self, timesteps) -> str:
+        """`F` (refresh) / `c` (reuse) string for a sequence of timesteps."""
+        return "".join("F" if i % self.interval == 0 else "c" for i, _ in enumerate(timesteps))
+
+
+
+# refresh every N steps (the reference uses N=3)
+PRESETS = {"fora": FORAConfig(), **{f"fora-{n}": FORAConfig(interval=n) for n in range(2, 8)}}
 
 
 @register_method(FORAConfig)
 class FORA(LayerReuseMethod):
-    hook_name = "dit_cache.fora"
-
     def decide(self, step: int, t: float, t_prev: float | None) -> bool:
         return self.config.is_full(step, t, t_prev)
 

@@ -13,78 +13,25 @@ drops them. Untracked calls (train mode, per-sample timesteps) always compute an
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
-from diffusers.hooks import ModelHook
 from torch import nn
 
+from ..adapters import Site
+from ..runtime.hooks import LAYER_HOOK, DispatchHook
+from ..runtime.tracker import CallContext, tensor_bytes
 from .base import CacheMethod
-from ..runtime.tracker import CallContext
-
-if TYPE_CHECKING:
-    from ..adapters import BackboneAdapter
-    from ..runtime.patch_state import PatchState
-
-KINDS = ("spatial", "temporal", "cross", "mlp")
 
 
-@dataclass(frozen=True)
-class Site:
-    """One hooked submodule."""
-
-    name: str  # qualified name in the model, e.g. "temporal_transformer_blocks.2.attn1"
-    kind: str  # "spatial" | "temporal" (self-attention), "cross" (attention), "mlp"
-    block: int  # index of its block within its stack (Latte: spatial and temporal stacks)
-
-    @property
-    def group(self) -> str:
-        return "mlp" if self.kind == "mlp" else "attn"
-
-
-def find_sites(model: nn.Module, adapter: "BackboneAdapter") -> list[tuple[Site, nn.Module]]:
-    """The attention (`attn1`, `attn2`) and MLP (`ff`) submodules of every block of the model.
-
-    An attention module with ``is_cross_attention`` is "cross"; other attention is "temporal"
-    when its block's name contains "temporal" (Latte's `temporal_transformer_blocks`), else
-    "spatial"."""
-    names = {id(m): n for n, m in model.named_modules()}
-    sites: list[tuple[Site, nn.Module]] = []
-    for index, blocks in enumerate(adapter.units(model)):
-        for block in blocks:
-            stack = "temporal" if "temporal" in names[id(block)] else "spatial"
-            for attr in ("attn1", "attn2"):
-                attn = getattr(block, attr, None)
-                if isinstance(attn, nn.Module):
-                    kind = "cross" if getattr(attn, "is_cross_attention", False) else stack
-                    sites.append((Site(names[id(attn)], kind, index), attn))
-            ff = getattr(block, "ff", None)
-            if isinstance(ff, nn.Module):
-                sites.append((Site(names[id(ff)], "mlp", index), ff))
+def find_sites(model: nn.Module, adapter) -> list[tuple[Site, nn.Module]]:
+    """The backbone's reuse sites, with a clear error when it has none."""
+    sites = adapter.reuse_sites(model)
     if not sites:
         raise ValueError(
-            f"{type(model).__name__}: its blocks have no `attn1`/`attn2`/`ff` submodules, which "
-            "FORA and PAB reuse; this backbone is not supported by these methods"
+            f"{type(model).__name__}: its blocks have no attention / MLP submodules that FORA and "
+            "PAB can reuse (its adapter's reuse_sites() found none); this backbone is not "
+            "supported by these methods"
         )
     return sites
-
-
-class LayerHook(ModelHook):
-    """Hands one attention/MLP call to the method, which runs it or returns a stored output."""
-
-    def __init__(self, state: "PatchState", site: Site):
-        super().__init__()
-        self.state, self.site = state, site
-
-    def new_forward(self, module: nn.Module, *args, **kwargs):
-        ctx = self.state.tracker.ctx
-        if ctx is None:  # called outside a forward of the patched model
-            return self.fn_ref.original_forward(*args, **kwargs)
-        return self.state.method.layer_forward(self, ctx, args, kwargs)
-
-    def run(self, args: tuple, kwargs: dict):
-        return self.fn_ref.original_forward(*args, **kwargs)
 
 
 def _detach(output):
@@ -95,16 +42,6 @@ def _detach(output):
     return output
 
 
-def _nbytes(value) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    return 0
-
-
 class LayerReuseMethod(CacheMethod):
     """Base of FORA and PAB: subclasses say, per step, which sites reuse (`reuses`).
 
@@ -113,15 +50,13 @@ class LayerReuseMethod(CacheMethod):
     ``reuse_missed`` (a site that should have reused but had nothing stored for this CFG
     branch yet, so it computed)."""
 
-    hook_name = "dit_cache.layer"
-
     def install(self) -> None:
         state = self.state
         self.sites = [(s, m) for s, m in find_sites(state.model, state.adapter) if self.wants(s)]
         self._occurrence: dict[str, int] = {}
         super().install()  # block hooks: step bookkeeping and block_calls, blocks always run
         for site, module in self.sites:
-            state.hooks.add(module, LayerHook(state, site), self.hook_name)
+            state.hooks.add(module, DispatchHook(state, "layer_forward", site), LAYER_HOOK)
 
     def begin_call(self, ctx: CallContext) -> None:
         self._occurrence.clear()
@@ -138,8 +73,8 @@ class LayerReuseMethod(CacheMethod):
         """Whether a computed output is kept for later calls of this CFG branch."""
         return True
 
-    def layer_forward(self, hook: LayerHook, ctx: CallContext, args: tuple, kwargs: dict):
-        site = hook.site
+    def layer_forward(self, hook: DispatchHook, ctx: CallContext, args: tuple, kwargs: dict):
+        site = hook.where
         stats = self.state.tracker.stats
         # A submodule called more than once per forward (e.g. chunked feed-forward) keeps one
         # stored output per call.
@@ -175,5 +110,5 @@ class LayerReuseMethod(CacheMethod):
             "sites": sites,
             "branches": len(caches),
             "stored_outputs": sum(len(c) for c in caches.values()),
-            "cached_bytes": _nbytes(caches),
+            "cached_bytes": tensor_bytes(caches),
         }

@@ -25,17 +25,152 @@ Where diffusers' PAB differs (documented in the README, tested in tests/test_pab
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
-from .layer_reuse import LayerReuseMethod, Site, find_sites
-from ..registry import register_method
-from ..schedules import PAB_KINDS, PAB_MLP_BLOCKS, PAB_MLP_SKIP, PAB_MLP_TIMESTEPS, PABConfig, PABPlan
+from ..adapters import Site
+from ..runtime.registry import register_method
 from ..runtime.tracker import CallContext
+from .layer_reuse import LayerReuseMethod, find_sites
+from .validation import check_int, check_window
+
+
+#: VideoSys' Latte MLP broadcast: at these timesteps blocks 0-4 store their MLP output and the
+#: next `mlp_skip` steps reuse it.
+PAB_MLP_TIMESTEPS = (720.0, 640.0, 560.0, 480.0, 400.0)
+PAB_MLP_BLOCKS = (0, 1, 2, 3, 4)
+PAB_MLP_SKIP = 2
+PAB_KINDS = ("spatial", "temporal", "cross")
+
+
+@dataclass(frozen=True)
+class PABPlan:
+    """What PAB does on one step: the attention kinds it broadcasts and its MLP action."""
+
+    broadcast: frozenset = frozenset()
+    mlp: str | None = None  # "store" (anchor step), "reuse", or None
+
+    @property
+    def full(self) -> bool:
+        return not self.broadcast and self.mlp != "reuse"
+
+
+@dataclass(frozen=True)
+class PABConfig:
+    """Pyramid Attention Broadcast (VideoSys; diffusers' `apply_pyramid_attention_broadcast`).
+
+    An attention output of kind k (spatial self-attention, Latte's temporal self-attention,
+    cross-attention) is *broadcast* (the stored output is reused) on step i with timestep t iff
+    ``i % k_range != 0`` and ``low < t < high`` (the kind's window, default `window`); otherwise
+    it is computed and stored. `None` turns a kind off; a range of 1 computes every step. Kinds
+    a model lacks are set to `None` when patching (DiT-XL: spatial only; Hunyuan-DiT: no
+    temporal).
+
+    ``mlp=True`` adds VideoSys' MLP broadcast: the first step at or below each timestep of
+    `mlp_timesteps` (an *anchor*) computes and stores the MLP output of the blocks listed in
+    `mlp_blocks` (index within each block stack); the next `mlp_skip` steps reuse it (a later
+    anchor wins). `None` = VideoSys' values (720, 640, 560, 480, 400; blocks 0-4; skip 2). When the
+    anchor timesteps occur in the schedule exactly this is VideoSys' rule; VideoSys itself
+    never broadcasts on schedules that miss them.
+    """
+
+    spatial_range: int | None = 2
+    temporal_range: int | None = 3
+    cross_range: int | None = 6
+    window: tuple[float, float] = (100.0, 800.0)
+    spatial_window: tuple[float, float] | None = None
+    temporal_window: tuple[float, float] | None = None
+    cross_window: tuple[float, float] | None = None
+    mlp: bool = False
+    mlp_timesteps: tuple[float, ...] | None = None
+    mlp_blocks: tuple[int, ...] | None = None
+    mlp_skip: int | None = None
+
+    name = "pab"
+    inserts_adapters = False
+
+    def __post_init__(self):
+        for kind in PAB_KINDS:
+            check_int(f"{kind}_range", getattr(self, f"{kind}_range"))
+        for field in ("window", "spatial_window", "temporal_window", "cross_window"):
+            if field == "window" and self.window is None:
+                raise ValueError("window must be a (low, high) pair of timesteps, got None")
+            object.__setattr__(self, field, check_window(field, getattr(self, field)))
+        if not isinstance(self.mlp, bool):
+            raise ValueError(f"mlp must be True or False, got {self.mlp!r}")
+        check_int("mlp_skip", self.mlp_skip)
+        if self.mlp_timesteps is not None:
+            ts = tuple(self.mlp_timesteps)
+            if not ts or any(isinstance(t, bool) or not isinstance(t, (int, float)) for t in ts):
+                raise ValueError(f"mlp_timesteps must be a non-empty sequence of timesteps, got {self.mlp_timesteps!r}")
+            object.__setattr__(self, "mlp_timesteps", tuple(float(t) for t in ts))
+        if self.mlp_blocks is not None:
+            blocks = tuple(self.mlp_blocks)
+            if not blocks:
+                raise ValueError("mlp_blocks must list at least one block index")
+            for b in blocks:
+                check_int("every mlp_blocks entry", b, minimum=0)
+            object.__setattr__(self, "mlp_blocks", blocks)
+
+    # -- the decision: a function of the step index and the timesteps so far only ----------
+    def kind_window(self, kind: str) -> tuple[float, float]:
+        return getattr(self, f"{kind}_window") or self.window
+
+    def broadcasts(self, kind: str, step: int, t: float) -> bool:
+        """Whether attention of `kind` reuses its stored output on step `step` at timestep `t`."""
+        rng = getattr(self, f"{kind}_range")
+        low, high = self.kind_window(kind)
+        return rng is not None and step % rng != 0 and low < t < high
+
+    @property
+    def mlp_skip_used(self) -> int:
+        return self.mlp_skip if self.mlp_skip is not None else PAB_MLP_SKIP
+
+    @property
+    def mlp_blocks_used(self) -> tuple[int, ...]:
+        return self.mlp_blocks if self.mlp_blocks is not None else PAB_MLP_BLOCKS
+
+    def _mlp_anchor(self, timesteps: list[float], i: int) -> bool:
+        t = timesteps[i]
+        for key in self.mlp_timesteps if self.mlp_timesteps is not None else PAB_MLP_TIMESTEPS:
+            if t <= key and (timesteps[i - 1] > key if i > 0 else t == key):
+                return True
+        return False
+
+    def plan_step(self, timesteps) -> PABPlan:
+        """The plan of the LAST step of `timesteps` (this generation's timesteps so far)."""
+        timesteps = [float(t) for t in timesteps]
+        i, t = len(timesteps) - 1, timesteps[-1]
+        broadcast = frozenset(k for k in PAB_KINDS if self.broadcasts(k, i, t))
+        mlp = None
+        if self.mlp:
+            if self._mlp_anchor(timesteps, i):
+                mlp = "store"
+            elif any(self._mlp_anchor(timesteps, a) for a in range(max(0, i - self.mlp_skip_used), i)):
+                mlp = "reuse"
+        return PABPlan(broadcast, mlp)
+
+    def plan(self, timesteps) -> list[PABPlan]:
+        timesteps = [float(t) for t in timesteps]
+        return [self.plan_step(timesteps[: i + 1]) for i in range(len(timesteps))]
+
+    def pattern(self, timesteps) -> str:
+        """`F` (nothing reused) / `c` (something broadcast) string for a sequence of timesteps."""
+        return "".join("F" if p.full else "c" for p in self.plan(timesteps))
+
+
+
+# (spatial, temporal, cross) broadcast ranges: VideoSys' Latte presets; `pab` = pab-236
+PRESETS = {
+    "pab": PABConfig(),
+    **{
+        f"pab-{s}{t}{c}": PABConfig(spatial_range=s, temporal_range=t, cross_range=c)
+        for s, t, c in ((2, 3, 6), (3, 4, 7), (4, 6, 9))
+    },
+}
 
 
 @register_method(PABConfig)
 class PAB(LayerReuseMethod):
-    hook_name = "dit_cache.pab"
-
     @classmethod
     def resolve_config(cls, config: PABConfig, adapter, model) -> PABConfig:
         """Turn off the kinds the model lacks (so patterns and stats describe what runs) and

@@ -9,8 +9,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..api import _state_or_raise
-from .patch_state import PatchState
+from ..version import __version__
+from .patch_state import PatchState, require_state
 
 FORMAT = "dit-cache-adapters"
 FORMAT_VERSION = "1"
@@ -34,8 +34,6 @@ def _state_dict(state: PatchState) -> dict[str, torch.Tensor]:
 
 
 def _metadata(state: PatchState) -> dict[str, str]:
-    from .. import __version__
-
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -49,7 +47,7 @@ def _metadata(state: PatchState) -> dict[str, str]:
 
 def save_adapters(model_or_pipeline, path: str | os.PathLike) -> None:
     """Write the adapter weights (only) to `path`, atomically (temp file, then rename)."""
-    state = _state_or_raise(model_or_pipeline)
+    state = require_state(model_or_pipeline)
     tensors = {k: v.detach().contiguous().cpu() for k, v in _state_dict(state).items()}
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -67,7 +65,7 @@ def save_adapters(model_or_pipeline, path: str | os.PathLike) -> None:
 def load_adapters(model_or_pipeline, path: str | os.PathLike) -> None:
     """Load adapter weights saved by `save_adapters`. Every check runs before any weight is
     copied, so a mismatch raises and leaves the model unchanged."""
-    state = _state_or_raise(model_or_pipeline)
+    state = require_state(model_or_pipeline)
     with safe_open(os.fspath(path), framework="pt") as f:
         meta = f.metadata() or {}
         tensors = {key: f.get_tensor(key) for key in f.keys()}

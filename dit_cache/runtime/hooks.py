@@ -1,8 +1,9 @@
-"""diffusers `ModelHook`s installed per instance: one on the model (step tracking), one per
-block (delegating to the active cache method). Nothing is patched at class level."""
+"""diffusers `ModelHook`s installed per instance: one on the model (step tracking) and one
+dispatch hook per hooked submodule (a block, or an attention/MLP site), which hands the call
+to the active cache method. Nothing is patched at class level."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -11,8 +12,10 @@ from torch import nn
 if TYPE_CHECKING:
     from .patch_state import PatchState
 
+#: Every hook name dit-cache registers (diffusers' registries are keyed by name).
 STEP_HOOK = "dit_cache.step"
 BLOCK_HOOK = "dit_cache.block"
+LAYER_HOOK = "dit_cache.layer"
 
 
 def _model_hidden_states(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -43,21 +46,27 @@ class StepHook(ModelHook):
         return output
 
 
-class BlockHook(ModelHook):
-    """Hands one block's call to the method, which may fuse, substitute, skip or run it."""
+class DispatchHook(ModelHook):
+    """Hands one submodule call to the method entry `entry` (``method.<entry>(hook, ctx, args,
+    kwargs)``), which may run it (`hook.run`), substitute its inputs or return something else.
 
-    def __init__(self, state: "PatchState", unit: int, position: int):
+    `where` tells the method which submodule this is: ``(unit, position)`` for a block, the
+    `Site` for an attention/MLP submodule. `counts_blocks` makes `run` count executed blocks."""
+
+    def __init__(self, state: "PatchState", entry: str, where: Any, counts_blocks: bool = False):
         super().__init__()
-        self.state, self.unit, self.position = state, unit, position
+        self.state, self.where, self.counts_blocks = state, where, counts_blocks
+        self._entry = getattr(state.method, entry)
 
     def new_forward(self, module: nn.Module, *args, **kwargs):
         ctx = self.state.tracker.ctx
         if ctx is None:  # called outside a forward of the patched model
             return self.fn_ref.original_forward(*args, **kwargs)
-        return self.state.method.block_forward(self, ctx, args, kwargs)
+        return self._entry(self, ctx, args, kwargs)
 
     def run(self, args: tuple, kwargs: dict):
-        self.state.tracker.stats.block_calls += 1
+        if self.counts_blocks:
+            self.state.tracker.stats.block_calls += 1
         return self.fn_ref.original_forward(*args, **kwargs)
 
 

@@ -1,4 +1,4 @@
-"""Everything one `patch()` attached to one model instance."""
+"""Everything one `patch()` attached to one model instance, and how to find it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,5 +28,27 @@ class PatchState:
     saved_attn_processors: dict | None = None
 
 
+def resolve_model(model_or_pipeline) -> nn.Module:
+    """A diffusers transformer, or the `.transformer` of a pipeline."""
+    if isinstance(model_or_pipeline, nn.Module):
+        return model_or_pipeline
+    model = getattr(model_or_pipeline, "transformer", None)
+    if isinstance(model, nn.Module):
+        return model
+    raise TypeError(
+        f"expected a diffusers transformer model or a pipeline with a `.transformer`, got "
+        f"{type(model_or_pipeline).__name__}"
+    )
+
+
 def get_state(model: nn.Module) -> PatchState | None:
     return model.__dict__.get(STATE_ATTR)
+
+
+def require_state(model_or_pipeline) -> PatchState:
+    """The patch state of a model (or pipeline), with a clear error when it is not patched."""
+    model = resolve_model(model_or_pipeline)
+    state = get_state(model)
+    if state is None:
+        raise ValueError(f"this {type(model).__name__} is not patched; call dit_cache.patch(model, ...) first")
+    return state

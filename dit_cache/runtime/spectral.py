@@ -8,9 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..api import resolve_model
-from .patch_state import get_state
-from ..registry import get_adapter
+from .patch_state import get_state, resolve_model
+from .registry import get_adapter
 
 
 def skip_projections(model_or_pipeline) -> dict[str, nn.Linear]:

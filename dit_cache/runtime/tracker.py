@@ -41,6 +41,17 @@ class GenerationStats:
         self.extra[key] = self.extra.get(key, 0) + n
 
 
+def tensor_bytes(value) -> int:
+    """Bytes held by the tensors in a (nested) tuple / list / dict: a cache's memory cost."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(tensor_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    return 0
+
+
 def _first_timestep(t: Any) -> tuple[float | None, bool]:
     """(t as float, uniform across the batch)."""
     if t is None:

@@ -6,8 +6,9 @@
   to the data range [-1, 1] (``clip_sample=True``, the pixel-space convention of diffusers'
   DDPMPipeline), without which a few-step sampler amplifies early eps errors far outside it.
 * Guidance: CFG 2.0 unless ``cfg_scale`` is given (see ZOO_CFG_SCALE).
-* Conditioning: DiT class labels; Latte one-hot class tokens (how the zoo's Latte was trained);
-  sample i of seed s is of class ``(s + i) % 10``, so a batch of any multiple of 10 is class-balanced.
+* Conditioning: the family spec's `class_conditioning` (DiT class labels; Latte one-hot class
+  tokens, how the zoo's Latte was trained); sample i of seed s is of class ``(s + i) % 10``, so a
+  batch of any multiple of 10 is class-balanced.
 * Trained long-skip adapters are part of the model's function, so every dit-cache method is
   installed with them (``fusion`` as trained, then ``load_adapters``); ``none`` becomes
   Skip-Cache with ``interval=1`` (patched with the adapters, every step full) and is the
@@ -23,8 +24,10 @@ from pathlib import Path
 
 import torch
 
-from ..specs import BenchInputError
-from .base import RunSettings, TransformerRunner, _check_geometry, _eval_cast, _scheduler_for
+from ...adapters.family import family_spec
+from ..errors import BenchInputError, PeerUnavailable
+from .base import RunSettings, check_geometry, eval_cast, scheduler_for
+from .loop import TransformerRunner
 
 FINETUNE_META = "finetune.json"
 #: Guidance scale of the zoo's x0-predicting models (a 700-step probe of mnist-dit: class
@@ -45,11 +48,11 @@ class ZooRunner(TransformerRunner):
         """`model`: the base transformer (without inserted adapters); `meta`: its finetune.json;
         `adapter_file`: its trained adapters (installed with every dit-cache method)."""
         family = meta["family"]
-        _eval_cast(model, settings)
+        eval_cast(model, settings)
         cfg = model.config
-        video_length = int(cfg.video_length) if family == "latte" else None
-        _check_geometry(family, int(cfg.patch_size), settings, int(cfg.sample_size), video_length, factor=1)
-        scheduler = _scheduler_for(settings.scheduler, family)
+        video_length = family_spec(family).video_length(cfg)
+        check_geometry(family, int(cfg.patch_size), settings, int(cfg.sample_size), video_length, factor=1)
+        scheduler = scheduler_for(settings.scheduler, family)
         overrides = {"prediction_type": meta.get("prediction_type") or scheduler.config.prediction_type}
         if "clip_sample" in scheduler.config:  # pixel space: x0 estimates clipped to the data range [-1, 1]
             overrides["clip_sample"] = True
@@ -66,9 +69,9 @@ class ZooRunner(TransformerRunner):
 
     def install_dit_cache(self, name: str, options: dict) -> None:
         """With the zoo model's Skip-Cache defaults, and its trained adapters (see the module doc)."""
-        from ..specs import PeerUnavailable
         from ...finetuning.io import patch_with_adapters
-        from ...schedules import NoCacheConfig, resolve_schedule
+        from ...methods import NoCacheConfig
+        from ...schedules import resolve_schedule
         from ...zoo import schedule_options
 
         options = schedule_options(self.zoo_name, name, options)
@@ -88,16 +91,9 @@ class ZooRunner(TransformerRunner):
     def prepare(self, seed: int) -> dict:
         prepared = super().prepare(seed)
         labels = self.labels(seed).to(self.s.device)
-        if self.family == "dit":
-            null = torch.full_like(labels, int(self.transformer.config.num_embeds_ada_norm))
-            prepared["cond"]["class_labels"] = torch.cat([labels, null]) if self.cfg else labels
-        else:
-            from ...finetuning.objective import class_tokens
-
-            dim = int(self.transformer.config.caption_channels)
-            cond = class_tokens(labels.cpu(), dim)
-            tokens = torch.cat([class_tokens(torch.full_like(labels.cpu(), -1), dim), cond]) if self.cfg else cond
-            prepared["cond"]["encoder_hidden_states"] = tokens.to(device=self.s.device, dtype=self.s.dtype)
+        prepared["cond"].update(
+            self.spec.class_conditioning(self.transformer, labels, self.cfg, self.s.device, self.s.dtype)
+        )
         prepared["labels"] = labels.cpu()
         return prepared
 
@@ -119,7 +115,7 @@ class ZooRunner(TransformerRunner):
         from ...zoo.quality import MnistQuality
 
         if self._quality is None:
-            self._quality = MnistQuality(video=self.family == "latte")
+            self._quality = MnistQuality(video=self.spec.is_video)
         seeds = sorted(outputs)
         samples = torch.cat([outputs[s].float().cpu() for s in seeds])
         labels = torch.cat([self.labels(s) for s in seeds])

@@ -1,11 +1,13 @@
-"""Registries keyed by type: backbone adapters by model class, cache methods by config class.
+"""Registries keyed by type: backbone adapters by model class (looked up along the MRO), cache
+methods by config class.
 
-Adding a backbone or a method registers one object; no existing if/elif is touched."""
+Adding a backbone or a method registers one object; no existing if/elif is touched. The
+built-in methods register themselves when `dit_cache.methods` is imported."""
 from __future__ import annotations
 
 from torch import nn
 
-from .adapters import BUILTIN_ADAPTERS, BackboneAdapter
+from ..adapters import BUILTIN_ADAPTERS, BackboneAdapter
 
 _ADAPTERS: dict[type, BackboneAdapter] = {}
 _METHODS: dict[type, type] = {}
@@ -55,7 +57,7 @@ def get_method(config: object) -> type:
         raise TypeError(
             f"no cache method is registered for {type(config).__name__}; known configs: {known}. "
             "Pass a preset name (see dit_cache.presets()) or register a method with "
-            "dit_cache.registry.register_method."
+            "dit_cache.register_method."
         ) from None
 
 

@@ -1,4 +1,4 @@
-"""Measurements of one benchmark run: FLOPs, peak memory, latency statistics, fidelity.
+"""FLOPs and peak memory of one instrumented generation.
 
 - FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one whole generation (matmuls,
   convolutions and attention; element-wise ops are not counted, the usual convention). Torch's
@@ -12,15 +12,13 @@
   memory the CPU allocator handed out during it (activations, cached features, folded weights
   built on first use). Process RSS is not used: it includes the Python runtime and allocator
   slack, and never goes down.
-- Fidelity: final latents against the unpatched model's latents for the same seed, per image
-  (per frame for video): PSNR with the reference image's value range as the data range, SSIM
-  (torchmetrics, Gaussian window, same data range), max abs error.
 """
 from __future__ import annotations
 
-import math
-import statistics
-from typing import Any, Callable
+import os
+import sys
+from contextlib import ExitStack
+from typing import Callable
 
 import torch
 from torch import nn
@@ -82,8 +80,6 @@ def instrumented_run(
     measure_memory: bool = True,
 ) -> Instrumented:
     """Run `generate()` once under the FLOP counter and the memory probe."""
-    from contextlib import ExitStack
-
     res = Instrumented()
     dev = torch.device(device)
     with ExitStack() as stack:
@@ -153,9 +149,6 @@ class _QuietProfile:
 
 class _silenced_fd2:
     def __enter__(self):
-        import os
-        import sys
-
         try:
             sys.stderr.flush()
             self.saved = os.dup(2)
@@ -167,8 +160,6 @@ class _silenced_fd2:
         os.close(devnull)
 
     def __exit__(self, *exc):
-        import os
-
         if self.saved is not None:
             os.dup2(self.saved, 2)
             os.close(self.saved)
@@ -195,92 +186,3 @@ def _is_cpu_mem(event) -> bool:
         return event.device_type() == torch.autograd.DeviceType.CPU
     except AttributeError:  # pragma: no cover
         return True
-
-
-# ------------------------------------------------------------------------------------------
-# Latency
-# ------------------------------------------------------------------------------------------
-
-
-def latency_stats(samples: list[float]) -> dict[str, Any]:
-    if not samples:
-        return {"latency_s": None, "latency_q1_s": None, "latency_q3_s": None, "latency_iqr_s": None, "latency_min_s": None}
-    xs = sorted(samples)
-    med = statistics.median(xs)
-    if len(xs) >= 2:
-        q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
-    else:
-        q1 = q3 = xs[0]
-    return {"latency_s": med, "latency_q1_s": q1, "latency_q3_s": q3, "latency_iqr_s": q3 - q1, "latency_min_s": xs[0]}
-
-
-# ------------------------------------------------------------------------------------------
-# Fidelity
-# ------------------------------------------------------------------------------------------
-
-
-def _images(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) or video (B, C, F, H, W) -> a stack of (C, H, W) images (frames)."""
-    x = x.detach().to(device="cpu", dtype=torch.float64)
-    if x.dim() == 5:
-        b, c, f, h, w = x.shape
-        return x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-    if x.dim() == 4:
-        return x
-    raise ValueError(f"expected (B, C, H, W) or (B, C, F, H, W) latents, got shape {tuple(x.shape)}")
-
-
-def fidelity(output: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
-    """Per-image PSNR / SSIM and the max abs error of `output` against `reference`."""
-    if output.shape != reference.shape:
-        raise ValueError(f"output shape {tuple(output.shape)} != reference shape {tuple(reference.shape)}")
-    out, ref = _images(output), _images(reference)
-    diff = out - ref
-    max_abs = float(diff.abs().max()) if diff.numel() else 0.0
-    psnrs, ssims = [], []
-    for o, r in zip(out, ref):
-        data_range = float(r.max() - r.min()) or 1.0
-        mse = float((o - r).pow(2).mean())
-        psnrs.append(math.inf if mse == 0.0 else 10.0 * math.log10(data_range**2 / mse))
-        ssims.append(_ssim(o, r, data_range))
-    return {"psnr": psnrs, "ssim": ssims, "max_abs_err": max_abs}
-
-
-def _ssim(o: torch.Tensor, r: torch.Tensor, data_range: float) -> float | None:
-    try:
-        from torchmetrics.functional.image import structural_similarity_index_measure
-    except ImportError:
-        return None
-    if torch.equal(o, r):
-        return 1.0
-    side = min(o.shape[-2:])
-    kernel = min(11, side if side % 2 else side - 1)
-    if kernel < 3:
-        return None
-    sigma = 1.5 * kernel / 11
-    value = structural_similarity_index_measure(
-        o[None], r[None], data_range=data_range, kernel_size=kernel, sigma=sigma
-    )
-    return float(value)
-
-
-def have_ssim() -> bool:
-    try:
-        import torchmetrics  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def mean_psnr(values: list[float]) -> float | None:
-    """Mean over images; bit-identical images (infinite PSNR) are left out of the mean, and the
-    result is inf only when every image is bit-identical."""
-    if not values:
-        return None
-    finite = [v for v in values if math.isfinite(v)]
-    return statistics.fmean(finite) if finite else math.inf
-
-
-def mean_or_none(values: list) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.fmean(vals) if vals else None
