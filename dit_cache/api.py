@@ -1,13 +1,16 @@
 """Public entry points: patch, unpatch, stats, reset."""
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 
+import torch
 from torch import nn
 
 from . import methods  # noqa: F401  (registers the built-in cache methods)
 from .runtime.fusion import FUSION_MODES, LongSkipFusion
-from .runtime.hooks import STEP_HOOK, StepHook
+from .runtime.hooks import STEP_HOOK, SchedulerWatch, StepHook
 from .runtime.patch_state import LSC_ATTR, STATE_ATTR, PatchState, get_state, require_state, resolve_model
 from .runtime.registry import get_adapter, get_method
 from .schedules import resolve_schedule
@@ -46,6 +49,15 @@ def _check_fusion(adapter, fusion):
     return fusion
 
 
+def _adapter_device(model: nn.Module, ref: torch.Tensor) -> torch.device:
+    """Where new adapters go: beside the model's weights, or, when an offloader keeps them on
+    the meta device (accelerate's cpu_offload), on its execution device."""
+    if ref.device.type != "meta":
+        return ref.device
+    hook = model.__dict__.get("_hf_hook")
+    return torch.device(getattr(hook, "execution_device", None) or "cpu")
+
+
 def _insert_adapters(model: nn.Module, state: PatchState) -> nn.ModuleDict:
     ref = next(model.parameters())
     dim = state.adapter.hidden_dim(model)
@@ -54,7 +66,7 @@ def _insert_adapters(model: nn.Module, state: PatchState) -> nn.ModuleDict:
             str(deep): LongSkipFusion(dim, mode=state.fusion, kernel=state.kernel)
             for _, deep in state.adapter.pairs(model)
         }
-    ).to(device=ref.device, dtype=ref.dtype)
+    ).to(device=_adapter_device(model, ref), dtype=ref.dtype)
     model.add_module(LSC_ATTR, lscs)
     return lscs
 
@@ -97,22 +109,56 @@ def patch(model_or_pipeline, schedule="skip-dit", *, fusion=None, kernel="auto",
             )
 
     state = PatchState(model=model, adapter=adapter, config=config, fusion=fusion, kernel=kernel)
+    scheduler = getattr(model_or_pipeline, "scheduler", None) if model_or_pipeline is not model else None
+    _install(model, state, method_cls, attention=attention, scheduler=scheduler)
+    return model
+
+
+def _install(model: nn.Module, state: PatchState, method_cls, *, attention=None, scheduler=None, lscs=None) -> None:
+    """Attach `state` to `model` (all or nothing). `lscs`: adapters the model already holds
+    (a deep copy's), adopted instead of inserting new ones."""
     try:
-        if config.inserts_adapters and not adapter.native_skips:
-            state.lscs = _insert_adapters(model, state)
-        state.method = method_cls(state, config)
+        if state.config.inserts_adapters and not state.adapter.native_skips:
+            state.lscs = lscs if lscs is not None else _insert_adapters(model, state)
+        state.method = method_cls(state, state.config)
         state.method.install()
         state.hooks.add(model, StepHook(state), STEP_HOOK)
+        if callable(getattr(scheduler, "set_timesteps", None)):
+            state.scheduler_watch = SchedulerWatch(scheduler, state.tracker)
         if attention == "xformers":
             from .kernels.attention import enable_xformers
 
             state.saved_attn_processors = _attention_processors(model)
             enable_xformers(model)
         model.__dict__[STATE_ATTR] = state
+        model.__dict__["__deepcopy__"] = functools.partial(_deepcopy_patched, state)
     except BaseException:
         _remove(model, state)
         raise
-    return model
+
+
+_DROPPED = object()  # stands for what a deep copy of a patched model leaves out
+
+
+def _deepcopy_patched(state: PatchState, memo: dict) -> nn.Module:
+    """`copy.deepcopy` of a patched model: an independent patched model. diffusers' hook
+    registries hold references bound to the original instance, so the copy gets fresh hooks
+    of its own (same config and adapters, copied weights, no generation in progress) instead
+    of copies of the original's."""
+    model = state.model
+    for obj in (*state.hooks.owned_attributes(), state, model.__dict__["__deepcopy__"]):
+        memo[id(obj)] = _DROPPED
+    clone = type(model).__new__(type(model))
+    memo[id(model)] = clone
+    clone.__setstate__(copy.deepcopy(model.__dict__, memo))
+    for module in clone.modules():
+        for key in [k for k, v in module.__dict__.items() if v is _DROPPED]:
+            del module.__dict__[key]
+    twin = PatchState(model=clone, adapter=state.adapter, config=state.config, fusion=state.fusion, kernel=state.kernel)
+    _install(clone, twin, type(state.method), lscs=clone._modules.get(LSC_ATTR))
+    if state.saved_attn_processors is not None:  # the copy runs the copied processors; unpatch restores these
+        twin.saved_attn_processors = copy.deepcopy(state.saved_attn_processors, memo)
+    return clone
 
 
 def _attention_processors(model: nn.Module) -> dict:
@@ -121,6 +167,8 @@ def _attention_processors(model: nn.Module) -> dict:
 
 def _remove(model: nn.Module, state: PatchState) -> None:
     state.hooks.remove_all()
+    if state.scheduler_watch is not None:
+        state.scheduler_watch.remove()
     if state.saved_attn_processors is not None:
         modules = dict(model.named_modules())
         for name, processor in state.saved_attn_processors.items():
@@ -128,6 +176,7 @@ def _remove(model: nn.Module, state: PatchState) -> None:
     if LSC_ATTR in model._modules:
         del model._modules[LSC_ATTR]
     model.__dict__.pop(STATE_ATTR, None)
+    model.__dict__.pop("__deepcopy__", None)
 
 
 def unpatch(model_or_pipeline) -> nn.Module:
@@ -163,16 +212,16 @@ def stats(model_or_pipeline) -> dict:
 def reset(model_or_pipeline) -> None:
     """Forget the current generation (the next call starts fresh). Rarely needed: new
     generations are detected from the timesteps."""
-    require_state(model_or_pipeline).tracker.abort()
+    require_state(model_or_pipeline).tracker.reset()
 
 
 def schedule_pattern(model_or_pipeline, num_inference_steps: int, schedule=None, scheduler=None, **options) -> str:
     """The `F`/`c` pattern the schedule will follow for `num_inference_steps` steps of
     `scheduler` (default: the pipeline's own). Uses the model's patched config, or resolves
     `schedule` (+ `options`) against the model's backbone defaults without patching."""
-    import copy
-
     model = resolve_model(model_or_pipeline)
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
     scheduler = scheduler if scheduler is not None else getattr(model_or_pipeline, "scheduler", None)
     if scheduler is None:
         raise ValueError("pass scheduler=... (a diffusers scheduler) when giving a bare model")

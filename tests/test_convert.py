@@ -430,11 +430,74 @@ class NeedsCode:  # pickled by reference: loading it would import and run this m
         return (print, ("this ran at load time",))
 
 
+class RunsShell:  # os.system: torch >= 2.13 words this refusal "unsupported GLOBAL posix.system"
+    def __reduce__(self):
+        return (os.system, ("echo this ran at load time",))
+
+
 def test_pickle_needing_code_is_refused(tmp_path, capsys):
     torch.save({"ema": dit_state_dict(), "hook": NeedsCode()}, tmp_path / "evil.pt")
     msg = _convert_fails(tmp_path, tmp_path / "evil.pt", match="pickle that needs code")
     assert "(print)" in msg and "this ran" not in capsys.readouterr().out
+    assert "weights_only=False" not in msg
     _only(tmp_path, "evil.pt")
+
+
+def test_os_system_pickle_names_the_global_and_never_suggests_unsafe_loading(tmp_path, capfd):
+    torch.save({"ema": dit_state_dict(), "hook": RunsShell()}, tmp_path / "shell.pt")
+    msg = _convert_fails(tmp_path, tmp_path / "shell.pt", match="pickle that needs code")
+    assert "posix.system" in msg and "os.system" in msg
+    assert "weights_only" not in msg.replace("only plain tensors", "") and "trusted source" not in msg
+    assert "this ran" not in capfd.readouterr().out
+    assert main(["convert", str(tmp_path / "shell.pt"), str(tmp_path / "out"), "--from", "dit"]) == 2
+    out = capfd.readouterr().out
+    assert out.count("\n") == 1 and "posix.system" in out and "weights_only=False" not in out
+    _only(tmp_path, "shell.pt")
+
+
+def test_integer_tensor_is_a_convert_error_naming_it_and_its_dtype(tmp_path, capsys):
+    sd = dit_state_dict()
+    sd["blocks.1.attn.qkv.weight"] = sd["blocks.1.attn.qkv.weight"].to(torch.int32)
+    save_file(sd, str(tmp_path / "int.safetensors"))
+    msg = _convert_fails(tmp_path, tmp_path / "int.safetensors", match="not floating point")
+    assert "blocks.{1}.attn.qkv.weight (int32)" in msg
+    assert main(["convert", str(tmp_path / "int.safetensors"), str(tmp_path / "out"), "--from", "dit",
+                 "--config", "num_heads=4"]) == 2
+    assert "int32" in capsys.readouterr().out
+    _only(tmp_path, "int.safetensors")
+
+
+@pytest.mark.parametrize("layout, key, value", [
+    ("dit", "blocks.2.mlp.fc1.weight", float("nan")),
+    ("dit", "t_embedder.mlp.0.bias", float("inf")),
+    ("dit", "final_layer.linear.weight", float("-inf")),
+    ("skip-dit", "skip_linears.1.linear.weight", float("nan")),
+    ("skip-dit", "skip_norms.0.bias", float("nan")),
+])
+def test_nonfinite_weights_are_refused_by_name(tmp_path, capsys, layout, key, value):
+    sd = dit_state_dict(skips=layout == "skip-dit")
+    assert key in sd
+    sd[key] = sd[key].clone()
+    sd[key].view(-1)[3] = value
+    save_file(sd, str(tmp_path / "ck.safetensors"))
+    msg = _convert_fails(tmp_path, tmp_path / "ck.safetensors", layout, match="NaN or infinite values")
+    shown = key.replace(".1.", ".{1}.").replace(".2.", ".{2}.").replace(".0.", ".{0}.")
+    assert shown in msg and "--allow-nonfinite" in msg
+    _only(tmp_path, "ck.safetensors")
+    argv = ["convert", str(tmp_path / "ck.safetensors"), str(tmp_path / "out"), "--from", layout, "--config", "num_heads=4"]
+    assert main(argv) == 2 and shown in capsys.readouterr().out
+    assert main(argv + ["--allow-nonfinite"]) == 0  # the opt-out converts it as it is
+    capsys.readouterr()
+
+
+def test_cast_overflowing_to_infinity_is_refused(tmp_path):
+    sd = dit_state_dict()
+    sd["blocks.0.mlp.fc2.bias"] = sd["blocks.0.mlp.fc2.bias"].clone()
+    sd["blocks.0.mlp.fc2.bias"][0] = 1e6  # finite in float32, inf in float16
+    save_file(sd, str(tmp_path / "ck.safetensors"))
+    msg = _convert_fails(tmp_path, tmp_path / "ck.safetensors", match="casting to float16 overflows", dtype="float16")
+    assert "ff.net.2.bias" in msg or "fc2" in msg
+    dit_cache.convert(tmp_path / "ck.safetensors", tmp_path / "out", "dit", config={"num_heads": HEADS}, dtype="bfloat16")
 
 
 def test_heads_and_config_errors(tmp_path):
@@ -514,11 +577,10 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert main(["convert", src, out, "--from", "dit", "--config", "num_heads=4"]) == 2
     err = capsys.readouterr().out
     assert err.count("\n") == 1 and "unexpected 8 key" in err
-    # exit 2 from argparse: unknown layout
-    with pytest.raises(SystemExit) as exc:
-        main(["convert", src, out, "--from", "pixart"])
-    assert exc.value.code == 2
-    capsys.readouterr()
+    # exit 2 from argparse: unknown layout, one line too
+    assert main(["convert", src, out, "--from", "pixart"]) == 2
+    err = capsys.readouterr().out
+    assert err.count("\n") == 1 and "invalid choice: 'pixart'" in err
     # success, config as a JSON file
     (tmp_path / "cfg.json").write_text(json.dumps({"num_attention_heads": HEADS}))
     assert main(["convert", src, out, "--from", "skip-dit", "--config", str(tmp_path / "cfg.json")]) == 0

@@ -274,7 +274,8 @@ def test_cli_bad_inputs_exit_2(tmp_path, capsys):
                  "--full-steps", "2"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no such folder" in err
-    code = main(["finetune", "--model-config", "{not json", "--data", "mnist", "--output", str(tmp_path / "o")])
+    code = main(["finetune", "--model-config", "{not json", "--data", "mnist", "--output", str(tmp_path / "o"),
+                 "--full-steps", "2"])  # options are checked first, then the model config
     assert code == 2 and "invalid JSON" in capsys.readouterr().err
     code = main(["finetune", "--model-config", str(cfg), "--data", str(tmp_path), "--output", str(tmp_path / "o")])
     err = capsys.readouterr().err

@@ -127,8 +127,13 @@ def test_hunyuan_native_long_skips_run_every_step():
     assert dit_cache.stats(pipe)["attn_reused"] > 0
 
 
-def _bare_loop(model, name, timesteps, seeds):
+def _bare_loop(model, name, timesteps, seeds, latents_seed=None):
+    """One call per seed per timestep; with `latents_seed` every call shares that seed's
+    latents (sequential CFG: the branches differ in conditioning only)."""
     inputs = [transformer_inputs(name, batch=1, seed=s, transformer=model) for s in seeds]
+    if latents_seed is not None:
+        latents = transformer_inputs(name, batch=1, seed=latents_seed, transformer=model)["hidden_states"]
+        inputs = [dict(kw, hidden_states=latents) for kw in inputs]
     outs = []
     with torch.no_grad():
         for t in timesteps:
@@ -145,9 +150,9 @@ def test_sequential_cfg_keeps_one_store_per_branch(name, model, preset):
     cond_only, uncond_only = copy.deepcopy(model), copy.deepcopy(model)
     for m in (model, cond_only, uncond_only):
         dit_cache.patch(m, preset)
-    both = _bare_loop(model, name, ts, seeds=(1, 2))
-    ref_c = _bare_loop(cond_only, name, ts, seeds=(1,))
-    ref_u = _bare_loop(uncond_only, name, ts, seeds=(2,))
+    both = _bare_loop(model, name, ts, seeds=(1, 2), latents_seed=1)
+    ref_c = _bare_loop(cond_only, name, ts, seeds=(1,), latents_seed=1)
+    ref_u = _bare_loop(uncond_only, name, ts, seeds=(2,), latents_seed=1)
     assert all(torch.equal(a, b) for a, b in zip(both[0::2], ref_c))
     assert all(torch.equal(a, b) for a, b in zip(both[1::2], ref_u))
     s = dit_cache.stats(model)

@@ -9,9 +9,14 @@ from dit_cache.testing import build_scheduler, family_of, transformer_inputs
 from helpers import ExecutionCounter, expected_block_calls
 
 
-def _sample(model, name, timesteps, seeds=(1,), batch=1):
-    """A user's own loop over the bare model: one call per branch (seed) per timestep."""
+def _sample(model, name, timesteps, seeds=(1,), batch=1, latents_seed=None):
+    """A user's own loop over the bare model: one call per branch (seed) per timestep. With
+    `latents_seed`, every branch gets that seed's latents and its own conditioning, as
+    sequential CFG does."""
     inputs = [transformer_inputs(name, batch=batch, seed=s, transformer=model) for s in seeds]
+    if latents_seed is not None:
+        latents = transformer_inputs(name, batch=batch, seed=latents_seed, transformer=model)["hidden_states"]
+        inputs = [dict(kw, hidden_states=latents) for kw in inputs]
     outs = []
     with torch.no_grad():
         for t in timesteps:
@@ -44,9 +49,9 @@ def test_sequential_cfg_keeps_one_cache_per_branch(name, model):
     cond_only, uncond_only = copy.deepcopy(model), copy.deepcopy(model)
     for m in (model, cond_only, uncond_only):
         dit_cache.patch(m, "skip-dit", start=1000.0)
-    both = _sample(model, name, ts, seeds=(1, 2))
-    ref_c = _sample(cond_only, name, ts, seeds=(1,))
-    ref_u = _sample(uncond_only, name, ts, seeds=(2,))
+    both = _sample(model, name, ts, seeds=(1, 2), latents_seed=1)
+    ref_c = _sample(cond_only, name, ts, seeds=(1,), latents_seed=1)
+    ref_u = _sample(uncond_only, name, ts, seeds=(2,), latents_seed=1)
     assert all(torch.equal(a, b) for a, b in zip(both[0::2], ref_c))
     assert all(torch.equal(a, b) for a, b in zip(both[1::2], ref_u))
     s = dit_cache.stats(model)

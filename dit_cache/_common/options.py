@@ -3,6 +3,7 @@ bf16``), parsed one way everywhere."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }  # fmt: skip
+DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?")  # the devices the tooling runs on (--device)
 _WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False, "none": None, "null": None}
 
 

@@ -1,8 +1,10 @@
 """What one benchmark run is asked to do (`BenchConfig`), its defaults, and their checks."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from .._common.options import DEVICE_NAME
 from .errors import BenchInputError
 
 #: The embedded default (``ditcache bench`` with no arguments): the trained zoo's vanilla DiT
@@ -13,6 +15,7 @@ DEFAULT_MODEL = DEFAULT_SUITE[0]
 DEFAULT_STEPS = 20
 ZOO_DEFAULT_BATCH = 20  # 2 samples per digit class per seed
 ORDERS = ("interleaved", "sequential")
+SEED_LIMIT = 2**63  # torch generators take 64-bit seeds; the runners add small offsets
 
 
 @dataclass
@@ -53,3 +56,20 @@ def check_config(config: BenchConfig) -> None:
         raise BenchInputError(f"order must be 'interleaved' or 'sequential', got {config.order!r}")
     if config.threads is not None and config.threads < 1:
         raise BenchInputError(f"--threads must be >= 1, got {config.threads}")
+    for name in ("steps", "batch", "resolution", "frames"):
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise BenchInputError(f"--{name} must be an integer >= 1, got {value!r}")
+    bad_seeds = [s for s in config.seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < SEED_LIMIT]
+    if bad_seeds:
+        raise BenchInputError(f"--seeds must be integers >= 0 and < 2**63, got {bad_seeds}")
+    if config.cfg_scale is not None and not (_finite(config.cfg_scale) and config.cfg_scale >= 0):
+        raise BenchInputError(f"--cfg-scale must be a finite number >= 0 (<= 1 turns CFG off), got {config.cfg_scale!r}")
+    if config.max_background is not None and not (_finite(config.max_background) and 0 <= config.max_background <= 1):
+        raise BenchInputError(f"--max-background must be a share of the CPUs in [0, 1], got {config.max_background!r}")
+    if config.device is not None and not (isinstance(config.device, str) and DEVICE_NAME.fullmatch(config.device)):
+        raise BenchInputError(f"--device must be cpu, cuda or cuda:N, got {config.device!r}")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass
 
+from .._common import files
 from .columns import CSV_KEYS
 from .plot import plot_results
 
@@ -31,18 +31,20 @@ def ensure_dir(path: str) -> None:
 
 def write_json(obj: dict, path: str) -> None:
     ensure_dir(path)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, allow_nan=False)
-        f.write("\n")
+    files.write_json(path, obj, indent=1, allow_nan=False)
 
 
 def write_csv(rows: list[dict], path: str) -> None:
     ensure_dir(path)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_KEYS, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (" ".join(map(str, r[k])) if isinstance(r.get(k), list) else r.get(k)) for k in CSV_KEYS})
+
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_KEYS, extrasaction="ignore")
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: (" ".join(map(str, r[k])) if isinstance(r.get(k), list) else r.get(k)) for k in CSV_KEYS})
+
+    files.atomic_write(path, write)
 
 
 @dataclass

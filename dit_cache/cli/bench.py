@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .common import count, device, number
+
 _EPILOG = """\
 methods: preset names (ditcache presets), `diffusers-pab[-SST]`, `diffusers-fastercache`,
   each optionally with overrides NAME:KEY=VALUE,KEY=VALUE (tuples as LOW/HIGH), e.g.
@@ -21,10 +23,10 @@ examples:
 
 
 def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers, got {text!r}") from None
+    from ..bench.config import SEED_LIMIT
+
+    seed = count(0, SEED_LIMIT)
+    return [seed(x) for x in text.replace(",", " ").split()]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -50,28 +52,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         f"result folder (default: {' '.join(DEFAULT_SUITE)})")
     p.add_argument("--methods", nargs="+", metavar="SPEC", help="methods to compare (default: none, skip-dit, "
                    "fora, a PAB preset, and diffusers' PAB/FasterCache)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
+    p.add_argument("--steps", type=count(1), default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
     p.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=None,
                    help="default: ddim (a pipeline directory keeps its own)")
-    p.add_argument("--resolution", type=int, help="pixels (default: the model's native resolution)")
-    p.add_argument("--frames", type=int, help="video frames (Latte; default: its video_length)")
-    p.add_argument("--batch", type=int, default=None, help="samples per generation (CFG doubles the model batch); "
+    p.add_argument("--resolution", type=count(1), help="pixels (default: the model's native resolution)")
+    p.add_argument("--frames", type=count(1), help="video frames (Latte; default: its video_length)")
+    p.add_argument("--batch", type=count(1), default=None, help="samples per generation (CFG doubles the model batch); "
                    f"default {ZOO_DEFAULT_BATCH} for zoo models (class-balanced), else 1")
-    p.add_argument("--cfg-scale", type=float, help="guidance scale; <= 1 turns CFG off (default: family default)")
+    p.add_argument("--cfg-scale", type=number(0), help="guidance scale; <= 1 turns CFG off (default: family default)")
     p.add_argument("--seeds", type=_int_list, default=[0], nargs="+", metavar="SEED",
                    help="seeds (sharded across ranks under torchrun); default 0")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16", "fp32", "fp16", "bf16"))
-    p.add_argument("--repeats", type=int, default=3, help="timed generations per seed (default 3)")
-    p.add_argument("--warmup", type=int, default=1,
+    p.add_argument("--repeats", type=count(1), default=3, help="timed generations per seed (default 3)")
+    p.add_argument("--warmup", type=count(0), default=1,
                    help="untimed generations first; the first is the instrumented one (FLOPs, memory) (default 1)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; per rank under torchrun)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--threads", type=count(1), help="torch intra-op threads (default: torch's; per rank under torchrun)")
+    p.add_argument("--device", type=device, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--order", choices=("interleaved", "sequential"), default="interleaved",
                    help="timed runs in rounds over all methods (default), or each method's repeats in a row")
     p.add_argument("--loop", action="store_true", help="drive the bare transformer even when a pipeline exists")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip FLOP counting")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probe")
-    p.add_argument("--max-background", type=float, metavar="SHARE",
+    p.add_argument("--max-background", type=number(0, 1), metavar="SHARE",
                    help="re-run a timed generation when other processes used more than this share of the "
                         "CPUs during it (e.g. 0.1; Linux)")
     p.add_argument("--json", metavar="PATH", help="write machine, versions, command line and rows as JSON")
@@ -87,7 +89,8 @@ def cmd_bench(args) -> int:
 
     from ..bench import BenchConfig, BenchInputError, SuiteResult, render_table, run_bench
     from ..bench import plot as bench_plot
-    from ..bench.config import DEFAULT_SUITE, ZOO_DEFAULT_BATCH
+    from .._common.files import check_writable
+    from ..bench.config import DEFAULT_SUITE, ZOO_DEFAULT_BATCH, check_config
     from ..bench.runners import check_model_name
     from ..zoo import ZOO_MODELS
     from .common import UsageError
@@ -96,6 +99,13 @@ def cmd_bench(args) -> int:
         ok, reason = bench_plot.plot_available()
         if not ok:
             raise UsageError(reason)
+    for option in ("json", "csv", "plot"):  # an unwritable path fails now, not after the whole benchmark
+        path = getattr(args, option)
+        if path:
+            try:
+                check_writable(path)
+            except OSError as err:
+                raise UsageError(f"--{option} {path}: cannot write there ({err}); choose another path") from None
     seeds = [s for group in args.seeds for s in (group if isinstance(group, list) else [group])]
     models = args.model or list(DEFAULT_SUITE)
     try:
@@ -115,6 +125,11 @@ def cmd_bench(args) -> int:
         )
         for model in models
     ]
+    try:
+        for config in configs:  # every setting before the first (long) run
+            check_config(config)
+    except BenchInputError as err:
+        raise UsageError(str(err)) from None
     console = Console(stderr=True)
     out = Console()
     if not out.is_terminal:

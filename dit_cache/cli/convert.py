@@ -19,6 +19,7 @@ def cmd_convert(args) -> int:
             overwrite=args.overwrite,
             dtype=args.dtype,
             checkpoint_key=args.key,
+            allow_nonfinite=args.allow_nonfinite,
         )
     except ConvertError as err:  # long key listings: print on one line, unwrapped
         console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True, highlight=False)
@@ -75,6 +76,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights (default: keep the checkpoint's)")
     p.add_argument("--key", help="sub-dict holding the weights (default: first of ema, model, state_dict, module)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="convert even if weights hold NaN or infinity (refused by default: the model would output NaN)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a previous convert output")
     p.set_defaults(func=cmd_convert)
     return p

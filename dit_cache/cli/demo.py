@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from .common import console
+from .common import console, count
 
 
 def cmd_demo(args) -> int:
@@ -41,6 +41,6 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="patch a tiny pipeline and show what Skip-Cache skips")
     p.add_argument("--model", default="tiny-dit", choices=TINY_MODELS)
     p.add_argument("--scheduler", default="ddim", choices=SCHEDULER_NAMES)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=count(1), default=20, help="denoising steps, >= 1 (default 20)")
+    p.add_argument("--threads", type=count(1), default=2, help="torch threads, >= 1 (default 2)")
     p.set_defaults(func=cmd_demo)

@@ -18,22 +18,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from .common import UsageError, console
+from .common import UsageError, console, count, device, number
 
 
-def _opt_float(text: str):
-    if text.lower() in ("none", "off", "no"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
-
-
-def _bound(text: str):
-    if text.lower() == "auto":
-        return "auto"
-    return _opt_float(text)
+_NONE = {"none": None, "off": None, "no": None}
+SEED_LIMIT = 2**32  # numpy's seed range (the trainer seeds torch, numpy and python)
 
 
 def add_parser(subparsers) -> None:
@@ -54,35 +43,35 @@ def add_parser(subparsers) -> None:
     p.add_argument("--scheduler-config", help="training noise schedule (scheduler folder or json); default: the "
                    "pipeline's, or the scheduler/ beside a --model folder, else DiT's linear schedule")
     p.add_argument("--adapters", default="residual", choices=("residual", "replace", "none"))
-    p.add_argument("--adapter-steps", type=int, default=0, help="stage 1: adapters only")
-    p.add_argument("--full-steps", type=int, default=0, help="stage 2: every parameter")
-    p.add_argument("--batch-size", type=int, default=32, help="global batch (split across processes)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--adapter-lr", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--adapter-steps", type=count(0), default=0, help="stage 1: adapters only")
+    p.add_argument("--full-steps", type=count(0), default=0, help="stage 2: every parameter")
+    p.add_argument("--batch-size", type=count(1), default=32, help="global batch (split across processes)")
+    p.add_argument("--lr", type=number(0, low_open=True), default=1e-4)
+    p.add_argument("--adapter-lr", type=number(0, low_open=True), default=None)
+    p.add_argument("--weight-decay", type=number(0), default=0.0)
+    p.add_argument("--warmup-steps", type=count(0), default=100)
     p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine", "linear"))
-    p.add_argument("--ema-decay", type=_opt_float, default=0.9999, help="float or none")
-    p.add_argument("--max-grad-norm", type=_opt_float, default=1.0, help="float or none")
-    p.add_argument("--skip-grad-norm-above", type=_opt_float, default=None)
-    p.add_argument("--spectral-bound", type=_bound, default="auto", help="auto | none | float")
-    p.add_argument("--cond-dropout", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema-decay", type=number(0, 1, high_open=True, words=_NONE), default=0.9999, help="float or none")
+    p.add_argument("--max-grad-norm", type=number(0, low_open=True, words=_NONE), default=1.0, help="float or none")
+    p.add_argument("--skip-grad-norm-above", type=number(0, low_open=True, words=_NONE), default=None)
+    p.add_argument("--spectral-bound", type=number(0, low_open=True, words={**_NONE, "auto": "auto"}), default="auto", help="auto | none | float")
+    p.add_argument("--cond-dropout", type=number(0, 1), default=0.1)
+    p.add_argument("--seed", type=count(0, SEED_LIMIT), default=0)
     p.add_argument("--mixed-precision", default="no", choices=("no", "bf16"))
-    p.add_argument("--checkpoint-every", type=int, default=500, help="0: no checkpoints")
-    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument("--checkpoint-every", type=count(0), default=500, help="0: no checkpoints")
+    p.add_argument("--keep-checkpoints", type=count(0), default=2, help="newest checkpoints kept; 0: all")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     p.add_argument("--fp16", action="store_true", help="save the result weights in float16")
     p.add_argument("--save-raw", action="store_true", help="save the raw weights instead of the EMA weights")
     p.add_argument("--latent-cache", help="folder to cache VAE latents in")
     p.add_argument("--no-vae-sample", action="store_true", help="train on the VAE posterior mean")
-    p.add_argument("--resolution", type=int, help="image size for folders (default: the model's)")
-    p.add_argument("--num-frames", type=int, help="frames per clip (default: the model's video_length)")
-    p.add_argument("--frame-stride", type=int, default=1)
+    p.add_argument("--resolution", type=count(1), help="image size for folders (default: the model's)")
+    p.add_argument("--num-frames", type=count(1), help="frames per clip (default: the model's video_length)")
+    p.add_argument("--frame-stride", type=count(1), default=1)
     p.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "sample"))
     p.add_argument("--beta-schedule", help="override the schedule's beta_schedule (e.g. squaredcos_cap_v2)")
-    p.add_argument("--threads", type=int, help="torch threads per process")
-    p.add_argument("--device", help="cpu / cuda / cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)")
+    p.add_argument("--threads", type=count(1), help="torch threads per process")
+    p.add_argument("--device", type=device, help="cpu / cuda / cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_finetune)
 
@@ -187,17 +176,8 @@ def cmd_finetune(args) -> int:
 
 def _run(args) -> int:
     from ..finetuning.api import finetune
+    from ..finetuning.config import resolve_config
 
-    _check_data(args.data)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    model, scheduler_source = _load_model(args, args.seed)
-    if args.scheduler_config:
-        if not Path(args.scheduler_config).exists():
-            raise UsageError(f"--scheduler-config {args.scheduler_config!r}: no such file or folder")
-        scheduler_source = args.scheduler_config
     options = dict(
         adapters=None if args.adapters == "none" else args.adapters,
         adapter_steps=args.adapter_steps,
@@ -229,6 +209,17 @@ def _run(args) -> int:
         beta_schedule=args.beta_schedule,
         threads=args.threads,
     )
+    resolve_config(None, options)  # every option checked before the model is loaded
+    _check_data(args.data)
+    if args.scheduler_config and not Path(args.scheduler_config).exists():
+        raise UsageError(f"--scheduler-config {args.scheduler_config!r}: no such file or folder")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model, scheduler_source = _load_model(args, args.seed)
+    if args.scheduler_config:
+        scheduler_source = args.scheduler_config
     argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith(("ditcache", "cli.py")) else None
     metadata = {"cli": {k: v for k, v in vars(args).items() if k != "func"}}
     if argv is not None:

@@ -1,7 +1,7 @@
 """`ditcache schedule PRESET`: the F/c (full / cached step) pattern of a preset on a tiny model."""
 from __future__ import annotations
 
-from .common import UsageError, console
+from .common import UsageError, console, count
 
 
 def cmd_schedule(args) -> int:
@@ -26,5 +26,5 @@ def add_parser(subparsers) -> None:
     p.add_argument("preset", choices=sorted(PRESETS))
     p.add_argument("--model", default="tiny-dit", choices=TINY_MODELS)
     p.add_argument("--scheduler", default="ddim", choices=SCHEDULER_NAMES)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=count(1), default=50, help="denoising steps, >= 1 (default 50)")
     p.set_defaults(func=cmd_schedule)

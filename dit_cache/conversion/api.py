@@ -29,8 +29,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._common.files import remove_stale_temps, temp_prefix
 from ..version import __version__
-from .building import build_model, write_adapters
+from .building import build_model, check_cast, check_weights, write_adapters
 from .errors import ConvertError
 from .layouts import LAYOUTS, PLANNERS
 from .options import parse_config, resolve_dtype
@@ -61,6 +62,7 @@ def convert(
     overwrite: bool = False,
     dtype=None,
     checkpoint_key: str | None = None,
+    allow_nonfinite: bool = False,
 ) -> ConvertResult:
     """Convert checkpoint `src` (layout ``"dit"``, ``"skip-dit"`` or ``"latte-skip"``) into the
     diffusers model directory `out` (+ dit-cache adapters for the Skip-DiT layouts).
@@ -69,7 +71,9 @@ def convert(
     there is no ``pos_embed``, Latte's ``video_length`` ...): a dict, a JSON file, a JSON
     object or ``"k=v,k=v"``. `dtype` (``"float32"``, ``"float16"``, ``"bfloat16"``) casts the
     weights (default: keep the checkpoint's). `checkpoint_key` selects a sub-dict
-    (default: the first of ema / model / state_dict / module present). Raises
+    (default: the first of ema / model / state_dict / module present). Tensors that are not
+    floating point are refused, and so are NaN / infinite weights (before and after the cast)
+    unless `allow_nonfinite`. Raises
     :class:`ConvertError` (a ``ValueError``) and writes nothing if anything does not fit."""
     if layout not in PLANNERS:
         raise ConvertError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -78,15 +82,19 @@ def convert(
     overrides = parse_config(config)
     sd, picked = read_checkpoint(src, checkpoint_key)
     plan = PLANNERS[layout](sd, overrides)
+    check_weights(sd, plan, f"{Path(src)}" + (f" [{picked}]" if picked else ""), allow_nonfinite)
     target = resolve_dtype(dtype, plan.tensors)
     # copy=True: no tensor may share storage with another (qkv chunks, per-block embedder copies)
     tensors = {k: v.detach().to(dtype=target if v.is_floating_point() else v.dtype, copy=True).contiguous() for k, v in plan.tensors.items()}
     skips = {j: {k: v.detach().to(target) for k, v in w.items()} for j, w in plan.skips.items()}
+    if dtype is not None:
+        check_cast({**tensors, **{f"skip {j}.{k}": v for j, w in skips.items() for k, v in w.items()}}, target, allow_nonfinite)
     model = build_model(plan, tensors)
     for check in plan.checks:
         check(model)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temps(out.parent)  # folders left by a killed convert
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), dir=out.parent))
     try:
         adapters = None
         if skips:

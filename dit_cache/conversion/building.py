@@ -10,9 +10,45 @@ from torch import nn
 
 from ..api import patch, unpatch
 from ..runtime import adapter_io
+from ..runtime.adapter_io import nonfinite_tensors
 from ..runtime.patch_state import get_state
 from .errors import ConvertError
 from .layouts import Plan, summarize_keys
+
+
+def check_weights(sd: dict[str, torch.Tensor], plan: Plan, where: str, allow_nonfinite: bool = False) -> None:
+    """Refuse source tensors the model cannot hold: not floating point (named with their dtype),
+    or holding NaN / infinity (the converted model would output NaN) unless `allow_nonfinite`.
+    Keys the plan knowingly drops (recomputed buffers) are not checked."""
+    used = {k: v for k, v in sd.items() if k not in set(plan.ignored)}
+    wrong = {k: v.dtype for k, v in used.items() if not v.is_floating_point()}
+    if wrong:
+        by_dtype: dict[str, list[str]] = {}
+        for k, dtype in wrong.items():
+            by_dtype.setdefault(str(dtype).removeprefix("torch."), []).append(k)
+        shown = "; ".join(f"{summarize_keys(keys)} ({dtype})" for dtype, keys in sorted(by_dtype.items()))
+        raise ConvertError(
+            f"{where}: {len(wrong)} tensor(s) are not floating point: {shown}; the model's weights are float "
+            "(is this the right checkpoint, or the right sub-dict --key?)"
+        )
+    bad = [] if allow_nonfinite else nonfinite_tensors(used)
+    if bad:
+        raise ConvertError(
+            f"{where} holds NaN or infinite values in {summarize_keys(bad)}: the converted model would output NaN. "
+            "Use a healthy checkpoint (e.g. another --key such as ema), or pass --allow-nonfinite "
+            "(allow_nonfinite=True) to convert it anyway"
+        )
+
+
+def check_cast(tensors: dict[str, torch.Tensor], dtype: torch.dtype, allow_nonfinite: bool = False) -> None:
+    """Refuse a --dtype cast that overflows finite weights to infinity (e.g. float16 above 65504)."""
+    bad = [] if allow_nonfinite else nonfinite_tensors(tensors)
+    if bad:
+        name = str(dtype).removeprefix("torch.")
+        raise ConvertError(
+            f"casting to {name} overflows to infinity in {summarize_keys(bad)}: the converted model would output "
+            f"NaN; keep the checkpoint's dtype or use --dtype bfloat16 (or pass --allow-nonfinite)"
+        )
 
 
 @contextlib.contextmanager

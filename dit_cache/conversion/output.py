@@ -7,6 +7,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from .._common.files import finish_modes
 from .errors import ConvertError
 
 ADAPTER_FILE = "dit_cache_adapters.safetensors"
@@ -27,19 +28,9 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise ConvertError(f"cannot create {out}: {out.parent} is not a directory")
 
 
-def _finish_modes(tmp: Path) -> None:
-    """mkdtemp/mkstemp create private (0700/0600) entries; give them the usual umask modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    for entry in tmp.iterdir():
-        if entry.is_file():
-            os.chmod(entry, 0o666 & ~umask)
-
-
 def commit(tmp: Path, out: Path, overwrite: bool) -> None:
     """Give the assembled directory ``tmp`` the usual modes and rename it to ``out``."""
-    _finish_modes(tmp)
+    finish_modes(tmp, like=out)
     if out.exists() or out.is_symlink():
         check_out(out, overwrite)
         old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")

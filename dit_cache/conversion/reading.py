@@ -17,6 +17,16 @@ SUBDICT_KEYS = ("ema", "model", "state_dict", "module")  # in order of preferenc
 SAFE_GLOBALS = [argparse.Namespace]
 
 
+def _unpickler_detail(text: str, fallback: str = "unreadable pickle") -> str:
+    """The reason in torch's weights-only refusal, without its advice to load unsafely."""
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    for line in text.splitlines():
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+        if line and not re.search(r"weights.only|trust|check the documentation|add_safe_globals|safe_globals", line, re.IGNORECASE):
+            return line
+    return fallback
+
+
 def _torch_load(path: Path):
     with torch.serialization.safe_globals(SAFE_GLOBALS):
         try:
@@ -28,20 +38,23 @@ def _torch_load(path: Path):
                 return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
         except pickle.UnpicklingError as err:
             text = str(err)
-            code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            code = re.search(r"GLOBAL ([\w.]+)", text, re.IGNORECASE)  # torch <= 2.12 and >= 2.13 wordings
             if code:
+                name = code.group(1)
+                module, _, attr = name.rpartition(".")
+                if module in ("posix", "nt"):  # how os.* functions are pickled
+                    name += f", i.e. os.{attr}"
                 raise ConvertError(
-                    f"{path} is a pickle that needs code to load ({code.group(1)}); only plain tensors are read "
-                    "(torch.load(weights_only=True)). If you trust the file, re-save just its state dict, e.g. "
-                    "torch.save(torch.load(src, weights_only=False)['ema'], dst), or convert it to .safetensors"
+                    f"{path} is a pickle that needs code to load ({name}); dit-cache reads plain tensors "
+                    "only and never runs code from a checkpoint. Use a .safetensors copy of the weights, or a "
+                    "state dict saved with torch.save(model.state_dict(), path)"
                 ) from None
-            after = text.split("WeightsUnpickler error:", 1)[-1]
-            detail = next((line.strip() for line in after.splitlines() if line.strip()), "unreadable pickle")
-            raise ConvertError(f"{path} cannot be read as a plain-tensor torch checkpoint: {detail}") from None
+            raise ConvertError(f"{path} cannot be read as a plain-tensor torch checkpoint: {_unpickler_detail(text)}") from None
         except ConvertError:
             raise
         except Exception as err:  # noqa: BLE001 - truncated / not a torch file
-            raise ConvertError(f"{path} cannot be read as a torch checkpoint: {type(err).__name__}: {err}") from None
+            detail = _unpickler_detail(str(err), fallback="")
+            raise ConvertError(f"{path} cannot be read as a torch checkpoint: {type(err).__name__}: {detail}") from None
 
 
 def _is_state_dict(obj) -> bool:

@@ -4,7 +4,8 @@ A checkpoint is a folder ``checkpoints/checkpoint-<step:08d>/`` holding ``state.
 EMA, optimizer, counters, data position, config; written by rank 0) and ``rng-rank<r>.pt``
 (each rank's torch / numpy / python RNG states and its training generator). Every file is
 written into ``.checkpoint-<step>.tmp/`` first and the folder is renamed when all ranks are done,
-so a checkpoint folder is complete or absent. Loading uses ``torch.load(weights_only=True)``.
+so a checkpoint folder is complete or absent (a ``.checkpoint-*.tmp`` folder left by a killed run is
+removed by the next save). Loading uses ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -84,8 +85,8 @@ def save_checkpoint(root: Path, step: int, state: dict | None, rng: dict, ctx: D
     tmp = root / f".{final.name}.tmp"
     if ctx.is_main:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        for stale in root.glob(f".{CHECKPOINT_PREFIX}*.tmp"):  # this one, and any a killed run left
+            shutil.rmtree(stale)
         tmp.mkdir()
     ctx.barrier()
     torch.save(rng, tmp / f"rng-rank{ctx.rank}.pt")

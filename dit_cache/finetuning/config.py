@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,8 +76,26 @@ class FinetuneConfig:
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}")
         b = self.spectral_bound
-        if not (b is None or b == "auto" or (isinstance(b, (int, float)) and b > 0)):
-            raise ValueError(f"spectral_bound must be > 0, 'auto' or None, got {b!r}")
+        if not (b is None or b == "auto" or (_finite(b) and b > 0)):
+            raise ValueError(f"spectral_bound must be a finite number > 0, 'auto' or None, got {b!r}")
+        for name, low, optional in (("lr", 0, False), ("adapter_lr", 0, True), ("adam_eps", 0, False),
+                                    ("max_grad_norm", 0, True), ("skip_grad_norm_above", 0, True)):
+            v = getattr(self, name)
+            if not ((optional and v is None) or (_finite(v) and v > low)):
+                raise ValueError(f"{name} must be a finite number > {low}{' or None' if optional else ''}, got {v!r}")
+        if not (_finite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if len(tuple(self.betas)) != 2 or not all(_finite(x) and 0 <= x < 1 for x in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        for name in ("resolution", "num_frames", "threads"):
+            v = getattr(self, name)
+            if v is not None and not (_integer(v) and v >= 1):
+                raise ValueError(f"{name} must be an integer >= 1 or None, got {v!r}")
+        for name, low in (("frame_stride", 1), ("encode_batch_size", 1), ("seed", 0)):
+            if not (_integer(getattr(self, name)) and getattr(self, name) >= low):
+                raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
+        if self.keep_checkpoints is not None and not (_integer(self.keep_checkpoints) and self.keep_checkpoints >= 0):
+            raise ValueError(f"keep_checkpoints must be an integer >= 0 (0 or None: all), got {self.keep_checkpoints!r}")
         self.betas = tuple(self.betas)
 
     def comparable(self) -> dict:
@@ -88,6 +107,14 @@ class FinetuneConfig:
         if diff:
             shown = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {mine.get(k)!r}" for k in diff[:4])
             raise ValueError(f"cannot resume from {path}: the configuration changed ({shown})")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _norm(v):

@@ -19,7 +19,8 @@ from pathlib import Path
 from ..api import patch, unpatch
 from ..runtime.adapter_io import load_adapters, save_adapters
 from ..runtime.patch_state import LSC_ATTR
-from .files import to_fp16_file, write_json
+from .._common.files import usual_modes, write_json
+from .files import to_fp16_file
 
 META_FILE = "finetune.json"
 ADAPTER_FILE = "adapters.safetensors"
@@ -40,7 +41,7 @@ def save_result(model, output_dir: Path, *, scheduler, fp16: bool, meta: dict):
     """Write transformer/, adapters.safetensors, scheduler/ and finetune.json (rank 0 only)."""
     output_dir = Path(output_dir)
     tdir = output_dir / "transformer"
-    with without_inserted_adapters(model):
+    with without_inserted_adapters(model), usual_modes(tdir):
         model.save_pretrained(tdir, safe_serialization=True)
     if fp16:
         for f in tdir.glob("*.safetensors"):
@@ -53,7 +54,7 @@ def save_result(model, output_dir: Path, *, scheduler, fp16: bool, meta: dict):
     elif adapter_path.exists():
         adapter_path.unlink()
     scheduler.save_config(output_dir / "scheduler")
-    write_json(output_dir / META_FILE, meta)
+    write_json(output_dir / META_FILE, meta, default=str)
 
 
 

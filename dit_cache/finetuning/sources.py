@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from .data import adapt
-from .files import atomic_save_file
+from .._common.files import save_safetensors
 
 
 def vae_scale_factor(vae) -> int:
@@ -94,7 +94,7 @@ def encode_latents(vae, dataset, *, channels: int, size: int, sample: bool, batc
         if ctx.is_main:
             mean, std = _encode(vae, dataset, channels, size, batch)
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save_file({"mean": mean.contiguous(), "std": std.contiguous()}, path, {"format": "dit-cache-latents"})
+            save_safetensors({"mean": mean.contiguous(), "std": std.contiguous()}, path, {"format": "dit-cache-latents"})
             note = f"encoded and cached ({path})"
         ctx.barrier()
     if path is not None:

@@ -41,7 +41,9 @@ class CacheMethod:
                 hook = DispatchHook(self.state, "block_forward", (u, position), counts_blocks=True)
                 self.state.hooks.add(block, hook, BLOCK_HOOK)
 
-    def decide(self, step: int, t: float, t_prev: float | None) -> bool:
+    def decide(self, timesteps: list[float]) -> bool:
+        """Whether the step at the end of `timesteps` (this generation's so far) is full:
+        a function of the timesteps only, never of the data."""
         return True
 
     def begin_call(self, ctx: CallContext) -> None:

@@ -56,8 +56,8 @@ PRESETS = {"fora": FORAConfig(), **{f"fora-{n}": FORAConfig(interval=n) for n in
 
 @register_method(FORAConfig)
 class FORA(LayerReuseMethod):
-    def decide(self, step: int, t: float, t_prev: float | None) -> bool:
-        return self.config.is_full(step, t, t_prev)
+    def decide(self, timesteps: list[float]) -> bool:
+        return self.config.is_full(len(timesteps) - 1, timesteps[-1], timesteps[-2] if len(timesteps) > 1 else None)
 
     def reuses(self, site: Site, ctx: CallContext) -> bool:
         return not ctx.full

@@ -7,7 +7,7 @@ Only the submodule call is replaced: the block itself still runs, so the adaLN m
 are recomputed every step. The stored value is the submodule's output, i.e. *before* the
 block applies its gate.
 
-Stored outputs live in ``state.tracker.caches[branch]`` (a dict keyed by the submodule's
+Stored outputs live in the generation's ``caches[branch]`` (a dict keyed by the submodule's
 qualified name), so a new generation, `dit_cache.reset`, an aborted forward or a training call
 drops them. Untracked calls (train mode, per-sample timesteps) always compute and store nothing.
 """
@@ -53,13 +53,9 @@ class LayerReuseMethod(CacheMethod):
     def install(self) -> None:
         state = self.state
         self.sites = [(s, m) for s, m in find_sites(state.model, state.adapter) if self.wants(s)]
-        self._occurrence: dict[str, int] = {}
         super().install()  # block hooks: step bookkeeping and block_calls, blocks always run
         for site, module in self.sites:
             state.hooks.add(module, DispatchHook(state, "layer_forward", site), LAYER_HOOK)
-
-    def begin_call(self, ctx: CallContext) -> None:
-        self._occurrence.clear()
 
     def wants(self, site: Site) -> bool:
         """Whether to hook this site at all (a site that never reuses needs no hook)."""
@@ -75,33 +71,40 @@ class LayerReuseMethod(CacheMethod):
 
     def layer_forward(self, hook: DispatchHook, ctx: CallContext, args: tuple, kwargs: dict):
         site = hook.where
-        stats = self.state.tracker.stats
+        stats = ctx.stats
         # A submodule called more than once per forward (e.g. chunked feed-forward) keeps one
         # stored output per call.
-        n = self._occurrence.get(site.name, 0)
-        self._occurrence[site.name] = n + 1
+        occurrence = ctx.scratch.setdefault("count:occurrence", {})
+        n = occurrence.get(site.name, 0)
+        occurrence[site.name] = n + 1
         key = site.name if n == 0 else f"{site.name}#{n}"
         label = site.kind if site.kind == "mlp" else f"{site.kind}_attn"
         store = None
         if ctx.tracked:
-            store = self.state.tracker.caches.setdefault(ctx.branch, {})
+            store = ctx.caches.setdefault(ctx.branch, {})
             if self.reuses(site, ctx):
-                if key in store:
+                # a recomputation in backward reuses what its forward reused, even if later
+                # steps have refreshed the store since
+                used = ctx.scratch.setdefault("reused", {})
+                value = used.get(key) if ctx.replay else store.get(key)
+                if value is not None:
                     stats.count(f"{site.group}_reused")
                     if site.group == "attn":
                         stats.count(f"{label}_reused")
-                    return store[key]
+                    if torch.is_grad_enabled() and not ctx.replay:
+                        used[key] = value
+                    return value
                 stats.count("reuse_missed")
         output = hook.run(args, kwargs)
         stats.count(f"{site.group}_computed")
         if site.group == "attn":
             stats.count(f"{label}_computed")
-        if store is not None and self.stores(site, ctx):
+        if store is not None and not ctx.replay and self.stores(site, ctx):
             store[key] = _detach(output)
         return output
 
     def describe_cache(self) -> dict:
-        caches = self.state.tracker.caches
+        caches = self.state.tracker.live_caches()
         sites: dict[str, int] = {}
         for site, _ in self.sites:
             sites[site.kind] = sites.get(site.kind, 0) + 1

@@ -31,7 +31,7 @@ from ..adapters import Site
 from ..runtime.registry import register_method
 from ..runtime.tracker import CallContext
 from .layer_reuse import LayerReuseMethod, find_sites
-from .validation import check_int, check_window
+from .validation import check_int, check_window, is_timestep
 
 
 #: VideoSys' Latte MLP broadcast: at these timesteps blocks 0-4 store their MLP output and the
@@ -100,7 +100,7 @@ class PABConfig:
         check_int("mlp_skip", self.mlp_skip)
         if self.mlp_timesteps is not None:
             ts = tuple(self.mlp_timesteps)
-            if not ts or any(isinstance(t, bool) or not isinstance(t, (int, float)) for t in ts):
+            if not ts or not all(is_timestep(t) for t in ts):
                 raise ValueError(f"mlp_timesteps must be a non-empty sequence of timesteps, got {self.mlp_timesteps!r}")
             object.__setattr__(self, "mlp_timesteps", tuple(float(t) for t in ts))
         if self.mlp_blocks is not None:
@@ -195,17 +195,15 @@ class PAB(LayerReuseMethod):
         return dataclasses.replace(config, **changes) if changes else config
 
     def install(self) -> None:
-        self._history: list[float] = []
-        self._plan = PABPlan()
         self._mlp_blocks = frozenset(self.config.mlp_blocks_used)
         super().install()
 
-    def decide(self, step: int, t: float, t_prev: float | None) -> bool:
-        if step == 0:
-            self._history = []
-        self._history.append(t)
-        self._plan = self.config.plan_step(self._history)
-        return self._plan.full
+    def decide(self, timesteps: list[float]) -> bool:
+        return self.config.plan_step(timesteps).full
+
+    def begin_call(self, ctx: CallContext) -> None:
+        # every branch of the step follows the step's plan (recomputed: decide ran once)
+        ctx.scratch["plan"] = self.config.plan_step(ctx.gen.timesteps) if ctx.tracked else PABPlan()
 
     def _broadcastable(self, site: Site) -> bool:
         if site.kind == "mlp":
@@ -216,18 +214,17 @@ class PAB(LayerReuseMethod):
     def stores(self, site: Site, ctx: CallContext) -> bool:
         # Attention that can broadcast: every computed output, like diffusers (one per layer).
         # MLP: only on an anchor step and the steps that reuse it.
-        if site.kind == "mlp" and self._plan.mlp is None:
+        if site.kind == "mlp" and ctx.scratch["plan"].mlp is None:
             return False
         return self._broadcastable(site)
 
     def reuses(self, site: Site, ctx: CallContext) -> bool:
+        plan = ctx.scratch["plan"]
         if site.kind == "mlp":
-            return self._plan.mlp == "reuse" and self._broadcastable(site)
-        return site.kind in self._plan.broadcast
+            return plan.mlp == "reuse" and self._broadcastable(site)
+        return site.kind in plan.broadcast
 
     def describe_cache(self) -> dict:
-        return {
-            **super().describe_cache(),
-            "broadcast_now": sorted(self._plan.broadcast),
-            "mlp_now": self._plan.mlp,
-        }
+        last = self.state.tracker.last
+        plan = self.config.plan_step(last.timesteps) if last is not None and last.timesteps else PABPlan()
+        return {**super().describe_cache(), "broadcast_now": sorted(plan.broadcast), "mlp_now": plan.mlp}

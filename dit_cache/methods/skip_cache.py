@@ -19,7 +19,7 @@ from ..runtime.hooks import DispatchHook
 from ..runtime.registry import register_method
 from ..runtime.tracker import CallContext, tensor_bytes
 from .base import CacheMethod
-from .validation import check_int
+from .validation import check_int, check_timestep
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,8 @@ class SkipCacheConfig:
     def __post_init__(self):
         check_int("interval", self.interval)
         check_int("shallow", self.shallow)
-        for field in ("start", "close"):
-            value = getattr(self, field)
-            if value is not None and not isinstance(value, (int, float)):
-                raise ValueError(f"{field} must be a number (a timestep), got {value!r}")
+        check_timestep("start", self.start)
+        check_timestep("close", self.close)
         if self.start is not None and self.close is not None and self.start <= self.close:
             raise ValueError(
                 f"empty caching window: start={self.start} must be greater than close={self.close} "
@@ -108,13 +106,13 @@ class SkipCache(CacheMethod):
         self.feeds_skip = set(self.partner.values())
         super().install()
 
-    def decide(self, step: int, t: float, t_prev: float | None) -> bool:
-        return self.config.is_full(step, t, t_prev)
+    def decide(self, timesteps: list[float]) -> bool:
+        return self.config.is_full(len(timesteps) - 1, timesteps[-1], timesteps[-2] if len(timesteps) > 1 else None)
 
     def begin_call(self, ctx: CallContext) -> None:
-        if not ctx.full and ctx.branch not in self.state.tracker.caches:
+        if not ctx.full and ctx.branch not in ctx.caches:
             ctx.full = True  # a branch with nothing stored yet must compute
-            self.state.tracker.stats.count("forced_full_calls")
+            ctx.stats.count("forced_full_calls")
 
     def _skipped(self, ctx: CallContext, unit: int) -> bool:
         return not ctx.full and self.k <= unit < self.cache_unit
@@ -124,22 +122,26 @@ class SkipCache(CacheMethod):
         streams = self.io.read(args, kwargs)  # image stream first: (B, L, D)
         if position != 0:  # Latte temporal block: no fusion, skipped with its pair
             if self._skipped(ctx, unit):
-                self.state.tracker.stats.blocks_skipped += 1
+                ctx.stats.blocks_skipped += 1
                 return self.io.returned(streams)
             return hook.run(args, kwargs)
 
         if unit - 1 in self.feeds_skip:  # the entry input of unit u is the output of unit u-1
             ctx.skips[unit - 1] = streams[0]
         if self._skipped(ctx, unit):
-            self.state.tracker.stats.blocks_skipped += 1
+            ctx.stats.blocks_skipped += 1
             return self.io.returned(streams)
-        caches = self.state.tracker.caches
+        caches = ctx.caches
         if unit == self.cache_unit:
             if ctx.full:
-                if ctx.tracked:
+                if ctx.tracked and not ctx.replay:
                     caches[ctx.branch] = tuple(s.detach() for s in streams)
+            elif ctx.replay:  # a recomputation in backward: what its forward used
+                streams = ctx.scratch["deep_input"]
             else:
                 streams = caches[ctx.branch]
+                if torch.is_grad_enabled():
+                    ctx.scratch["deep_input"] = streams
         if unit in self.partner:
             j = self.partner[unit]
             skip = ctx.skips[j] if torch.is_grad_enabled() else ctx.skips.pop(j)
@@ -148,7 +150,7 @@ class SkipCache(CacheMethod):
         return hook.run(args, kwargs)
 
     def describe_cache(self) -> dict:
-        caches = self.state.tracker.caches
+        caches = self.state.tracker.live_caches()
         return {
             "cache_point": f"input of unit {self.cache_unit}",
             "units_run_on_cached_step": [*range(self.k), *range(self.cache_unit, self.n_units)],

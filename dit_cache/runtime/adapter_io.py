@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .._common.files import atomic_write
 from ..version import __version__
 from .patch_state import PatchState, require_state
 
@@ -46,25 +46,22 @@ def _metadata(state: PatchState) -> dict[str, str]:
 
 
 def save_adapters(model_or_pipeline, path: str | os.PathLike) -> None:
-    """Write the adapter weights (only) to `path`, atomically (temp file, then rename)."""
+    """Write the adapter weights (only) to `path`, atomically (see `_common.files.atomic_write`)."""
     state = require_state(model_or_pipeline)
     tensors = {k: v.detach().contiguous().cpu() for k, v in _state_dict(state).items()}
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=_metadata(state))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    metadata = _metadata(state)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def load_adapters(model_or_pipeline, path: str | os.PathLike) -> None:
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+
+
+def load_adapters(model_or_pipeline, path: str | os.PathLike, *, allow_nonfinite: bool = False) -> None:
     """Load adapter weights saved by `save_adapters`. Every check runs before any weight is
-    copied, so a mismatch raises and leaves the model unchanged."""
+    copied, so a mismatch raises and leaves the model unchanged. Weights holding NaN or
+    infinity are refused (they would turn every output into NaN) unless `allow_nonfinite`."""
     state = require_state(model_or_pipeline)
     with safe_open(os.fspath(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -89,6 +86,12 @@ def load_adapters(model_or_pipeline, path: str | os.PathLike) -> None:
     wrong = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(v.shape)}" for k, v in current.items() if tensors[k].shape != v.shape]
     if wrong:
         raise ValueError(f"adapter file {path} has shapes that do not fit this model: {'; '.join(wrong)}")
+    bad = [] if allow_nonfinite else nonfinite_tensors(tensors)
+    if bad:
+        raise ValueError(
+            f"adapter file {path} holds NaN or infinite values in {', '.join(bad)}: the patched model would "
+            "output NaN. Re-save the adapters from a healthy model (or pass allow_nonfinite=True to load anyway)"
+        )
     with torch.no_grad():
         for key, target in current.items():
             target.copy_(tensors[key])

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from diffusers.models.normalization import FP32LayerNorm
 from torch import nn
 
 from ..kernels import skip_fusion
@@ -22,7 +24,7 @@ class LongSkipFusion(nn.Module):
         if mode not in FUSION_MODES:
             raise ValueError(f"fusion mode must be one of {FUSION_MODES}, got {mode!r}")
         self.dim, self.mode, self.eps, self.kernel = dim, mode, eps, kernel
-        self.norm = nn.LayerNorm(2 * dim, eps=eps, elementwise_affine=True)
+        self.norm = FP32LayerNorm(2 * dim, eps=eps, elementwise_affine=True)
         self.linear = nn.Linear(2 * dim, dim)
         if mode == "residual":
             nn.init.zeros_(self.linear.weight)
@@ -31,6 +33,8 @@ class LongSkipFusion(nn.Module):
         self._fold_cache: dict = {}
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:  # (B, L, D) x2 -> (B, L, D)
+        if self._offloaded(x):
+            return self._unfused(x, skip)
         return skip_fusion(
             x,
             skip,
@@ -43,6 +47,25 @@ class LongSkipFusion(nn.Module):
             backend=self.kernel,
             cache=self._fold_cache,
         )
+
+    def _offloaded(self, x: torch.Tensor) -> bool:
+        """Whether an offloading library manages the weights (accelerate's or diffusers' hooks on
+        the submodules load them only when the submodule itself is called), or they sit on
+        another device than the activations."""
+        hooked = any("_hf_hook" in m.__dict__ or "_diffusers_hook" in m.__dict__ for m in (self.norm, self.linear))
+        return hooked or self.linear.weight.device != x.device
+
+    def _unfused(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The same op through the submodules, so that offloading hooks fire (or, with no hooks,
+        with the weights copied to the activations' device for this call)."""
+        h = torch.cat([x, skip], dim=-1)  # (B, L, 2D)
+        if any("_hf_hook" in m.__dict__ or "_diffusers_hook" in m.__dict__ for m in (self.norm, self.linear)):
+            y = self.linear(self.norm(h).to(x.dtype))
+        else:
+            weight, bias = (p.to(x.device) for p in (self.norm.weight, self.norm.bias))
+            h = F.layer_norm(h.float(), h.shape[-1:], weight.float(), bias.float(), self.eps).to(x.dtype)
+            y = F.linear(h, self.linear.weight.to(x), self.linear.bias.to(x))
+        return x + y if self.mode == "residual" else y
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, mode={self.mode!r}, kernel={self.kernel!r}"

@@ -26,6 +26,7 @@ class PatchState:
     tracker: StepTracker = field(default_factory=StepTracker)
     hooks: HookSet = field(default_factory=HookSet)
     saved_attn_processors: dict | None = None
+    scheduler_watch: Any = None  # SchedulerWatch of the pipeline's scheduler, when patched via a pipeline
 
 
 def resolve_model(model_or_pipeline) -> nn.Module:

@@ -1,29 +1,41 @@
 """Step tracking without pipeline cooperation, per patched model instance.
 
-Each call of the model is placed in a generation from its timestep alone:
-- t lower than the current step's t  -> the next step of the same generation;
-- t equal to the current step's t    -> another CFG branch of the same step (sequential CFG);
-- t higher, a first call, a different input signature (batch, resolution, dtype, device),
-  or a call after one that raised     -> a new generation with fresh state.
-Calls in train mode or with per-sample timesteps are training calls: always full, untracked.
+Each call of the model is placed in a *generation* (one sampling run) before its blocks run,
+from its timestep, its input signature (shape, dtype, device) and a fingerprint of its input
+(runtime/fingerprint.py). Among this thread's live generations with the same signature:
+- the same timestep as the last call's step and an identical input -> another CFG branch of
+  that step (sequential CFG feeds every branch the same latents);
+- a lower timestep and an input correlated with that step's input -> its next step; when two
+  live generations could continue (an interrupted run's leftover, or two runs stepped
+  alternately), the one whose last input this input is most correlated with;
+- anything else (a first call, a higher timestep, the same timestep with other latents, as
+  after an interrupted run, a changed signature) -> a new generation with fresh state.
+So an interrupted run never lends its cache to the next one, and two generations stepped
+alternately on one model (one thread) each keep their own state. A pipeline's
+`scheduler.set_timesteps` (hooked by `patch(pipe)`) starts a new generation outright.
+
+Each thread has its own generations and call context, so concurrent generations on one
+model from several threads are independent. Calls in train mode or with per-sample
+timesteps are training calls: always full, untracked, and they drop the thread's generations.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import itertools
+import math
+import threading
+import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from .fingerprint import SAME_GENERATION, compare, fingerprint
 
-@dataclass
-class CallContext:
-    """What the block hooks need during one forward of the model."""
-
-    step: int
-    branch: int
-    full: bool
-    tracked: bool
-    skips: dict[int, torch.Tensor] = field(default_factory=dict)  # unit -> its output
+#: Live generations kept per thread (the oldest is dropped past it: a third interleaved
+#: generation costs its predecessor a fresh, full step, never a wrong one).
+MAX_LIVE = 2
 
 
 @dataclass
@@ -39,6 +51,49 @@ class GenerationStats:
 
     def count(self, key: str, n: int = 1) -> None:
         self.extra[key] = self.extra.get(key, 0) + n
+
+
+@dataclass
+class Generation:
+    """The state of one sampling run: its steps so far and the caches of its CFG branches."""
+
+    number: int
+    signature: tuple | None = None
+    step: int = -1
+    branch: int = 0
+    t_step: float | None = None
+    step_full: bool = True
+    probe: torch.Tensor | None = None  # fingerprint of this step's first-branch input
+    caches: dict[int, Any] = field(default_factory=dict)  # branch -> method state of that branch
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+    @property
+    def timesteps(self) -> list[float]:
+        return self.stats.timesteps
+
+
+@dataclass
+class CallContext:
+    """What the hooks need during one forward of the model."""
+
+    gen: Generation
+    step: int
+    branch: int
+    full: bool
+    tracked: bool
+    skips: dict[int, torch.Tensor] = field(default_factory=dict)  # unit -> its output
+    # the method's per-call data; a recomputation gets a copy, without the "count:..." keys
+    scratch: dict[str, Any] = field(default_factory=dict)
+    replay: bool = False  # a block recomputed in backward (activation checkpointing)
+
+    @property
+    def caches(self) -> dict[int, Any]:
+        return self.gen.caches
+
+    @property
+    def stats(self) -> GenerationStats:
+        # a recomputation in backward repeats work that is already counted
+        return GenerationStats() if self.replay else self.gen.stats
 
 
 def tensor_bytes(value) -> int:
@@ -65,61 +120,175 @@ def _first_timestep(t: Any) -> tuple[float | None, bool]:
     return float(t), True
 
 
+def _in_backward() -> bool:
+    """Whether this code runs inside an autograd backward pass (torch's checkpoint uses it too)."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
+
+
+class _ThreadState(threading.local):
+    def __init__(self):
+        self.live: list[Generation] = []  # most recent first
+        self.ctx: CallContext | None = None
+        self.fresh_next = False  # the next call starts a new generation (set_timesteps)
+        self.replaying: CallContext | None = None  # set while a checkpointed block is recomputed
+        # block input (data_ptr, shape, stride) -> (weakref to it, the context of its call):
+        # activation checkpointing re-runs a block in backward with the same input tensor
+        self.block_calls: dict[tuple, tuple[weakref.ref, CallContext]] = {}
+
+
 class StepTracker:
     def __init__(self):
-        self.reset()
+        self._numbers = itertools.count(1)
+        self._thread = _ThreadState()
+        self.last: Generation | None = None  # the generation any thread touched last
 
-    def reset(self) -> None:
-        self.generation = 0 if not hasattr(self, "generation") else self.generation
-        self.signature: tuple | None = None
-        self.step = -1
-        self.branch = 0
-        self.t_step: float | None = None
-        self.t_prev: float | None = None
-        self.step_full = True
-        self.caches: dict[int, Any] = {}  # branch -> method state of that CFG branch
-        self.stats = GenerationStats()
-        self.ctx: CallContext | None = None
+    # -- what the hooks and the API read ---------------------------------------------------
+    @property
+    def ctx(self) -> CallContext | None:
+        thread = self._thread
+        return thread.replaying if thread.replaying is not None else thread.ctx
 
-    def begin(self, t: Any, signature: tuple, training: bool, decide) -> CallContext:
-        """Place a call; `decide(step, t, t_prev) -> bool` says whether a new step is full."""
+    # -- activation checkpointing: a block recomputed in backward gets its call's context -----
+    def context_of_block_call(self, x: torch.Tensor, ctx: CallContext) -> CallContext:
+        """The context for a grad-enabled block call with input `x`. Activation checkpointing
+        recomputes a block inside backward with the very input of its forward call: that call
+        gets the forward's context (marked `replay`); any other call gets `ctx`, remembered."""
+        calls = self._thread.block_calls
+        key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device)
+        if _in_backward():
+            known = calls.get(key)
+            if known is not None and known[0]() is x:
+                # per-call counters (scratch keys "count:...") restart for the recomputed block
+                scratch = {k: v for k, v in known[1].scratch.items() if not k.startswith("count:")}
+                return dataclasses.replace(known[1], replay=True, scratch=scratch)
+            return ctx
+        if len(calls) > 4096:  # drop calls whose inputs are gone
+            for k in [k for k, (ref, _) in calls.items() if ref() is None]:
+                del calls[k]
+        calls[key] = (weakref.ref(x), ctx)
+        return ctx
+
+    @contextlib.contextmanager
+    def replaying(self, ctx: CallContext):
+        """Nested hooks (attention / MLP sites inside a recomputed block) see its context."""
+        thread = self._thread
+        previous, thread.replaying = thread.replaying, ctx
+        try:
+            yield
+        finally:
+            thread.replaying = previous
+
+    @property
+    def stats(self) -> GenerationStats:
+        ctx = self._thread.ctx
+        if ctx is not None:
+            return ctx.gen.stats
+        return self.last.stats if self.last is not None else GenerationStats()
+
+    @property
+    def generation(self) -> int:
+        return self.last.number if self.last is not None else 0
+
+    def live_caches(self) -> dict[int, Any]:
+        """Caches of the generation the calling thread used last (empty if none)."""
+        ctx, live = self._thread.ctx, self._thread.live
+        gen = ctx.gen if ctx is not None else (live[0] if live else self.last)
+        return gen.caches if gen is not None else {}
+
+    # -- placing a call ----------------------------------------------------------------------
+    def begin(self, t: Any, x: torch.Tensor | None, training: bool, decide: Callable[[list[float]], bool]) -> CallContext:
+        """Place a call; `decide(timesteps)` says whether a new step (the last of this
+        generation's `timesteps`) is full."""
+        thread = self._thread
         t_value, uniform = _first_timestep(t)
         if training or t_value is None or not uniform:
-            # A training step (or a call we cannot place): compute everything, forget the
-            # generation so no cache built before it is reused after it.
-            self.reset()
-            self.ctx = CallContext(step=0, branch=0, full=True, tracked=False)
-            return self.ctx
-        new_generation = (
-            self.t_step is None or signature != self.signature or t_value > self.t_step
-        )
-        if new_generation:
-            generation = self.generation + 1
-            self.reset()
-            self.generation = generation
-            self.signature = signature
-        if self.t_step is not None and t_value == self.t_step:
-            self.branch += 1
+            # A training step (or a call we cannot place): compute everything, and forget this
+            # thread's generations so that no cache built before it is reused after it.
+            thread.live = []
+            gen = self._new(None)
+            thread.ctx = CallContext(gen, step=0, branch=0, full=True, tracked=False)
+            return thread.ctx
+        signature = (tuple(x.shape), x.dtype, x.device) if x is not None else None
+        probe = fingerprint(x) if x is not None and x.numel() else None
+        gen, same_step = self._place(t_value, signature, probe)
+        if gen is None:
+            gen = self._new(signature)
+            thread.live = [gen, *thread.live][:MAX_LIVE]
+        elif thread.live[0] is not gen:
+            thread.live.remove(gen)
+            thread.live.insert(0, gen)
+        if same_step:
+            gen.branch += 1
         else:
-            self.t_prev, self.t_step = self.t_step, t_value
-            self.step += 1
-            self.branch = 0
-            self.step_full = decide(self.step, t_value, self.t_prev)
-            self.stats.pattern.append("F" if self.step_full else "c")
-            self.stats.timesteps.append(t_value)
-            self.stats.full_steps += self.step_full
-            self.stats.cached_steps += not self.step_full
-        self.stats.calls += 1
-        self.ctx = CallContext(step=self.step, branch=self.branch, full=self.step_full, tracked=True)
-        return self.ctx
+            gen.t_step, gen.probe = t_value, probe
+            gen.step += 1
+            gen.branch = 0
+            gen.stats.timesteps.append(t_value)
+            gen.step_full = decide(gen.timesteps)
+            gen.stats.pattern.append("F" if gen.step_full else "c")
+            gen.stats.full_steps += gen.step_full
+            gen.stats.cached_steps += not gen.step_full
+        gen.stats.calls += 1
+        self.last = gen
+        thread.ctx = CallContext(gen, step=gen.step, branch=gen.branch, full=gen.step_full, tracked=True)
+        return thread.ctx
+
+    def _place(self, t: float, signature, probe) -> tuple[Generation | None, bool]:
+        """(the live generation this call continues, whether it is another branch of its
+        current step); (None, False) for a new generation."""
+        thread = self._thread
+        if thread.fresh_next:
+            thread.fresh_next = False
+            return None, False
+        # Another branch of a step only follows that step's first call directly (the most
+        # recent generation): a stale generation that stopped at this timestep is no candidate.
+        candidates = [
+            g for g in thread.live
+            if g.signature == signature and g.t_step is not None
+            and (t < g.t_step or (t == g.t_step and g is thread.live[0]))
+        ]
+        if not candidates:
+            return None, False
+        if probe is None or any(g.probe is None for g in candidates):  # nothing to compare
+            g = candidates[0]
+            return g, t == g.t_step
+        # Rank the candidates by how well this input continues each (one device sync): an
+        # identical input at the same timestep is a CFG branch; a lower timestep continues the
+        # generation whose last input it is most correlated with, if correlated at all.
+        scored = []
+        for g, (identical, corr) in zip(candidates, compare(probe, [g.probe for g in candidates])):
+            if t == g.t_step:
+                scored.append((2.0 if identical else -math.inf, g))
+            else:
+                scored.append((corr, g))
+        score, best = max(scored, key=lambda pair: pair[0])
+        return (best, t == best.t_step) if score >= SAME_GENERATION else (None, False)
+
+    def _new(self, signature) -> Generation:
+        gen = Generation(number=next(self._numbers), signature=signature)
+        self.last = gen
+        return gen
 
     def end(self) -> None:
-        if self.ctx is not None and not torch.is_grad_enabled():
+        ctx = self._thread.ctx
+        if ctx is not None and not torch.is_grad_enabled():
             # Skip tensors are only kept past the forward for activation-checkpoint recompute.
-            self.ctx.skips.clear()
+            ctx.skips.clear()
 
     def abort(self) -> None:
-        """The forward raised: the next call starts a fresh generation."""
-        generation = self.generation
-        self.reset()
-        self.generation = generation
+        """The forward raised: this thread's generation of that call is dropped."""
+        thread = self._thread
+        if thread.ctx is not None and thread.ctx.gen in thread.live:
+            thread.live.remove(thread.ctx.gen)
+        thread.ctx = None
+
+    def start_new_generation(self) -> None:
+        """The calling thread's next call starts a new generation (a pipeline set its
+        scheduler's timesteps: a new sampling run begins)."""
+        self._thread.fresh_next = True
+
+    def reset(self) -> None:
+        """Forget every generation of every thread."""
+        self._thread = _ThreadState()
+        self.last = None

@@ -1,0 +1,32 @@
+"""A user's own sampling loop over a bare model, for tests that need a loop that really caches."""
+from __future__ import annotations
+
+import torch
+
+from dit_cache.testing import build_scheduler, family_of, transformer_inputs
+
+
+class Loop:
+    """A user's own DDIM loop over the bare model, one model call per step (batched CFG),
+    steppable one step at a time so that two loops can be interleaved."""
+
+    def __init__(self, model, name, steps, seed, dtype=torch.float32, grad=False):
+        self.model, self.grad = model, grad
+        self.kw = transformer_inputs(name, batch=2, seed=seed, transformer=model, dtype=dtype)
+        self.sched = build_scheduler("ddim", family_of(name))
+        self.sched.set_timesteps(steps)
+        self.x = self.kw.pop("hidden_states")
+        self.timesteps = list(self.sched.timesteps)
+
+    def step(self, i):
+        t = self.timesteps[i]
+        with torch.set_grad_enabled(self.grad):
+            tt = torch.full_like(self.kw["timestep"], float(t))
+            out = self.model(hidden_states=self.x, **dict(self.kw, timestep=tt))[0]
+        self.x = self.sched.step(out[:, : self.x.shape[1]], t, self.x).prev_sample
+        return self.x
+
+    def run(self):
+        for i in range(len(self.timesteps)):
+            self.step(i)
+        return self.x

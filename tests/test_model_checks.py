@@ -1,0 +1,127 @@
+"""diffusers-style model checks on patched models, run on a sampling loop that really caches
+(diffusers' own ModelTesterMixin feeds a random timestep per sample, which dit-cache always
+computes in full, so most of its tests never reach a cached step). Issue 13, item 8."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import dit_cache
+from dit_cache.testing import build_transformer
+from loops import Loop
+
+METHODS = ("skip-dit", "fora-2", "pab-236")
+STEPS = 6
+
+
+def _patch(model, method, **extra):
+    options = {"start": 1000.0} if method == "skip-dit" else {}
+    return dit_cache.patch(model, method, **options, **extra)
+
+
+def _cached(model) -> int:
+    s = dit_cache.stats(model)
+    return s["cached_steps"] if s["method"] != "pab" else s.get("attn_reused", 0)
+
+
+@pytest.fixture(params=METHODS)
+def method(request):
+    return request.param
+
+
+def test_determinism(name, model, method):
+    _patch(model, method)
+    first = Loop(model, name, STEPS, seed=1).run()
+    assert _cached(model) > 0
+    assert torch.equal(Loop(model, name, STEPS, seed=1).run(), first)
+
+
+def test_save_load_round_trip_mid_schedule(tmp_path, name, model, method):
+    fresh = copy.deepcopy(model)
+    _patch(fresh, method)
+    uninterrupted = Loop(fresh, name, STEPS, seed=1).run()
+    _patch(model, method)
+    loop = Loop(model, name, STEPS, seed=1)
+    for i in range(3):  # mid-schedule: the cache holds this generation's state
+        loop.step(i)
+    model.save_pretrained(tmp_path / "model")
+    if dit_cache.runtime.patch_state.get_state(model).lscs is not None:
+        dit_cache.save_adapters(model, tmp_path / "adapters.safetensors")
+    for i in range(3, STEPS):  # saving disturbed nothing
+        loop.step(i)
+    assert torch.equal(loop.x, uninterrupted) and _cached(model) > 0
+    loaded = type(model).from_pretrained(tmp_path / "model").eval()
+    _patch(loaded, method)
+    if (tmp_path / "adapters.safetensors").exists():
+        dit_cache.load_adapters(loaded, tmp_path / "adapters.safetensors")
+    assert torch.equal(Loop(loaded, name, STEPS, seed=1).run(), uninterrupted) and _cached(loaded) > 0
+
+
+def test_dtype_cast_after_patch_equals_patch_after_cast(name, model, method):
+    cast_first = copy.deepcopy(model).to(torch.bfloat16)
+    _patch(cast_first, method)
+    _patch(model, method)
+    Loop(model, name, STEPS, seed=1).run()  # an fp32 generation leaves its cache behind
+    model.to(torch.bfloat16)
+    out = Loop(model, name, STEPS, seed=1, dtype=torch.bfloat16).run()
+    assert out.dtype == torch.bfloat16 and _cached(model) > 0
+    assert torch.equal(out, Loop(cast_first, name, STEPS, seed=1, dtype=torch.bfloat16).run())
+
+
+def test_gradient_checkpointing_on_cached_steps(name, model, method):
+    """Grad-enabled sampling (as cache-aware training does): checkpointing recomputes the blocks
+    in backward, with the same cache decisions; outputs and gradients are unchanged."""
+    if not model._supports_gradient_checkpointing:
+        pytest.skip(f"diffusers' {type(model).__name__} has no gradient checkpointing")
+    model.requires_grad_(True)
+    plain = copy.deepcopy(model)
+    _patch(plain, method)
+    _patch(model, method)
+    model.enable_gradient_checkpointing()
+    results = []
+    for m in (plain, model):
+        out = Loop(m, name, 4, seed=1, grad=True).run()
+        assert _cached(m) > 0
+        out.square().mean().backward()
+        results.append((out.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert torch.allclose(out_a, out_b, atol=1e-6) and grads_a.keys() == grads_b.keys() and grads_a
+    assert all(torch.allclose(grads_a[k], grads_b[k], atol=1e-5, rtol=1e-4) for k in grads_a)
+
+
+def test_a_training_step_then_cached_sampling(tmp_path, name, model, method):
+    model.requires_grad_(True)
+    reference = copy.deepcopy(model)
+    _patch(model, method)
+    for m in (model, reference):
+        m.train()
+        torch.manual_seed(0)  # train mode drops class labels at random (CFG training)
+        opt = torch.optim.SGD(m.parameters(), lr=1e-2)
+        loss = Loop(m, name, 2, seed=3, grad=True).step(0).square().mean()
+        loss.backward()
+        opt.step()
+        m.eval()
+    trained = {k: v for k, v in model.state_dict().items() if not k.startswith("dit_cache_lsc")}
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in trained.items())  # train calls are full
+    expected = copy.deepcopy(reference)
+    _patch(expected, method)
+    if dit_cache.runtime.patch_state.get_state(model).lscs is not None:  # the adapters trained too
+        dit_cache.save_adapters(model, tmp_path / "trained.safetensors")
+        dit_cache.load_adapters(expected, tmp_path / "trained.safetensors")
+    assert torch.equal(Loop(model, name, STEPS, seed=1).run(), Loop(expected, name, STEPS, seed=1).run())
+    assert _cached(model) > 0
+
+
+def test_torch_compile(name, method):
+    eager = build_transformer(name, seed=0).eval()
+    compiled_model = copy.deepcopy(eager)
+    _patch(eager, method)
+    _patch(compiled_model, method)
+    compiled_model.compile(backend="aot_eager")
+    reference = Loop(eager, name, STEPS, seed=1).run()
+    out = Loop(compiled_model, name, STEPS, seed=1).run()
+    assert torch.allclose(out, reference, atol=1e-4, rtol=1e-4)
+    assert dit_cache.stats(compiled_model)["pattern"] == dit_cache.stats(eager)["pattern"]
+    assert _cached(compiled_model) == _cached(eager) > 0
