@@ -143,14 +143,14 @@ class DiTFamily(FamilySpec):
         null = torch.full_like(labels, int(transformer.config.num_embeds_ada_norm))
         return dict(class_labels=torch.cat([labels, null]) if cfg else labels)
 
-    def denoise(self, transformer, noise, cond, scheduler, *, cfg_scale, step_kwargs):
+    def denoise(self, transformer, noise, cond, scheduler, *, cfg_scale, step_kwargs, progress=None):
         """DiTPipeline.__call__'s loop, line for line (minus the VAE): CFG is [cond, null] and
         the scheduler steps the doubled batch."""
         sched, cfg = scheduler, cfg_scale is not None
         channels = int(transformer.config.in_channels)
         x = torch.cat([noise] * 2) if cfg else noise
         labels = cond["class_labels"]
-        for t in sched.timesteps:
+        for t in progress(sched.timesteps) if progress else sched.timesteps:
             if cfg:
                 half = x[: len(x) // 2]
                 x = torch.cat([half, half], dim=0)

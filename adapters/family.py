@@ -103,11 +103,12 @@ class FamilySpec:
         return out
 
     def denoise(self, transformer: nn.Module, noise: torch.Tensor, cond: dict, scheduler, *,
-                cfg_scale: float | None, step_kwargs: dict) -> torch.Tensor:
+                cfg_scale: float | None, step_kwargs: dict, progress: Callable | None = None) -> torch.Tensor:
         """The family pipeline's sampling loop on the bare transformer (timesteps already set;
-        `cfg_scale` None: no guidance). This default is the Latte / Hunyuan-DiT / PixArt loop."""
+        `cfg_scale` None: no guidance; `progress` wraps the timesteps, e.g. a pipeline's
+        ``progress_bar``). This default is the Latte / Hunyuan-DiT / PixArt loop."""
         latents = noise * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
+        for t in progress(scheduler.timesteps) if progress else scheduler.timesteps:
             x = torch.cat([latents] * 2) if cfg_scale is not None else latents
             x = scheduler.scale_model_input(x, t)
             out = self.model_output(transformer, x, t, cond)

@@ -38,6 +38,43 @@ class BackgroundProbe:
         self.share = max(0.0, busy - mine) / max(total, 1e-9)
 
 
+def physical_cores() -> int:
+    """CPU cores this process may run on, counting hyper-threads of one core once."""
+    try:
+        logical = len(os.sched_getaffinity(0))
+    except AttributeError:
+        logical = os.cpu_count() or 1
+    try:
+        with open("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list", encoding="ascii") as f:
+            siblings = sum(
+                int(b) - int(a) + 1 if "-" in part else 1
+                for part in f.read().strip().split(",")
+                for a, _, b in [part.partition("-")]
+            )
+    except (OSError, ValueError):
+        siblings = 1
+    return max(1, logical // max(1, siblings))
+
+
+def choose_threads(ranks_per_machine: int = 1, probe_seconds: float = 0.3) -> tuple[int, str]:
+    """torch threads for CPU timing: this process's share of the physical cores, minus those
+    other processes keep busy (measured for `probe_seconds`). Oversubscribed OpenMP threads
+    spin against each other on a shared machine: a tiny forward measured 3-6 ms on one
+    thread and up to 1 s on two. Returns (threads, why)."""
+    import time
+
+    cores = physical_cores()
+    with BackgroundProbe() as probe:
+        time.sleep(probe_seconds)
+    busy = (probe.share or 0.0) * (os.cpu_count() or cores)
+    free = max(1, round(cores - busy))
+    threads = max(1, free // max(1, ranks_per_machine))
+    why = f"{cores} physical cores, {busy:.1f} busy with other processes"
+    if ranks_per_machine > 1:
+        why += f", {ranks_per_machine} ranks on this machine"
+    return threads, why
+
+
 def machine_info() -> dict:
     """Platform, Python, CPU model and count, memory and GPU, for the JSON record."""
     info = {

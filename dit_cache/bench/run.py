@@ -10,6 +10,8 @@ from .._common.dist import setup_distributed
 from .._common.progress import ProgressBar
 from .errors import BenchInputError
 from .install import validate_method
+from .machine import choose_threads
+from .table import latency_noise
 from .measure import measure
 from .meta import run_meta
 from .results import BenchResult
@@ -37,9 +39,10 @@ def run_bench(config: BenchConfig, progress: bool = False, console=None) -> Benc
     dist = setup_distributed(device_type)
     try:
         device = resolve_device(config.device, dist.local_rank)
-        threads = config.threads
-        if threads is None and dist.enabled:
-            threads = max(1, (os.cpu_count() or 1) // max(1, dist.local_world_size))
+        threads, threads_why = config.threads, "--threads"
+        if threads is None and torch.device(device).type == "cpu":
+            threads, threads_why = choose_threads(dist.local_world_size)
+            threads_why += "; --threads N to choose"
         if threads is not None:
             torch.set_num_threads(threads)
         settings = RunSettings(
@@ -62,6 +65,10 @@ def run_bench(config: BenchConfig, progress: bool = False, console=None) -> Benc
         timesteps = runner.timesteps()
         rows = build_rows(specs, gathered, runner.label, timesteps)
         meta = run_meta(config, runner, dist.world_size, threads, device, rows, timesteps)
-        return BenchResult(rows=rows, meta=meta, rank=0)
+        meta["threads_why"] = threads_why
+        result = BenchResult(rows=rows, meta=meta, rank=0)
+        noise = latency_noise(result)
+        meta["latency_noise"] = None if noise is None else {"iqr_over_median": noise[0], "method": noise[1]}
+        return result
     finally:
         dist.close()

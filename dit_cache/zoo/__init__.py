@@ -5,7 +5,27 @@ folders (fp16 weights, config, training command and log). See benchmarks/REPRODU
     import dit_cache
     model = dit_cache.zoo.load("mnist-dit-retrofit")             # patched: skip-dit + trained adapters
     model = dit_cache.zoo.load("mnist-dit", schedule=None)         # the plain diffusers model
+    pipe = dit_cache.zoo.pipeline("mnist-dit-retrofit")          # a diffusers pipeline around it
+    images = pipe(class_labels=["3", "5"]).images                  # PIL images
+
+The pipelines (zoo/pipelines.py) import diffusers, so they load on first access.
 """
+import importlib
+
 from .loader import SKIP_DIT_DEFAULTS, ZOO_DIR, ZOO_MODELS, available, load, meta, path, schedule_options
 
-__all__ = ["SKIP_DIT_DEFAULTS", "ZOO_DIR", "ZOO_MODELS", "available", "load", "meta", "path", "schedule_options"]
+#: public names of zoo/pipelines.py, loaded on first access: name -> its name there
+_LAZY = {"pipeline": "zoo_pipeline", "ZooImagePipeline": "ZooImagePipeline", "ZooVideoPipeline": "ZooVideoPipeline",
+         "ZooPipeline": "ZooPipeline"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'dit_cache.zoo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(".pipelines", __name__), _LAZY[name])
+    globals()[name] = value
+    return value
+
+
+__all__ = ["SKIP_DIT_DEFAULTS", "ZOO_DIR", "ZOO_MODELS", "available", "load", "meta", "path", "schedule_options",
+           *_LAZY]

@@ -30,9 +30,6 @@ from .base import RunSettings, check_geometry, eval_cast, scheduler_for
 from .loop import TransformerRunner
 
 FINETUNE_META = "finetune.json"
-#: Guidance scale of the zoo's x0-predicting models (a 700-step probe of mnist-dit: class
-#: accuracy 0.46 / 0.60 / 0.26 at CFG 1 / 2 / 4 - strong guidance over-sharpens x0 estimates).
-ZOO_CFG_SCALE = 2.0
 NO_ADAPTER_METHODS = "would drop this model's trained long skips (compare it on mnist-dit)"
 
 
@@ -52,14 +49,15 @@ class ZooRunner(TransformerRunner):
         cfg = model.config
         video_length = family_spec(family).video_length(cfg)
         check_geometry(family, int(cfg.patch_size), settings, int(cfg.sample_size), video_length, factor=1)
-        scheduler = scheduler_for(settings.scheduler, family)
-        overrides = {"prediction_type": meta.get("prediction_type") or scheduler.config.prediction_type}
-        if "clip_sample" in scheduler.config:  # pixel space: x0 estimates clipped to the data range [-1, 1]
-            overrides["clip_sample"] = True
-        scheduler = type(scheduler).from_config(scheduler.config, **overrides)
+        from ...zoo.pipelines import ZOO_CFG_SCALE, ZooPipeline, pixel_scheduler
+
+        scheduler = pixel_scheduler(scheduler_for(settings.scheduler, family), meta.get("prediction_type"))
         super().__init__(label, model, family, scheduler, settings)
         if settings.cfg_scale is None:
             self.cfg_scale, self.cfg = ZOO_CFG_SCALE, True
+        # the zoo's sampling loop and conditioning live in its pipeline; the runner drives them
+        self.pipe = ZooPipeline(transformer=model, scheduler=scheduler)
+        self.pipe.set_progress_bar_config(disable=True)
         self.meta = meta
         adapters = meta.get("adapters") if adapter_file is not None else None
         self.adapter_fusion = adapters if adapters in ("residual", "replace") else None
@@ -70,20 +68,17 @@ class ZooRunner(TransformerRunner):
     def install_dit_cache(self, name: str, options: dict) -> None:
         """With the zoo model's Skip-Cache defaults, and its trained adapters (see the module doc)."""
         from ...finetuning.io import patch_with_adapters
-        from ...methods import NoCacheConfig
-        from ...schedules import resolve_schedule
         from ...zoo import schedule_options
+        from ...zoo.pipelines import trained_adapter_schedule
 
         options = schedule_options(self.zoo_name, name, options)
         if not self.adapter_fusion:
             super().install_dit_cache(name, options)
             return
-        config = resolve_schedule(name)
-        if isinstance(config, NoCacheConfig):
-            name, options = "skip-dit", {"interval": 1}
-        elif not config.inserts_adapters:
+        mapped = trained_adapter_schedule(name, options)
+        if mapped is None:
             raise PeerUnavailable(f"{name} {NO_ADAPTER_METHODS}")
-        patch_with_adapters(self.patch_target, name, self.adapter_fusion, self.adapter_file, **options)
+        patch_with_adapters(self.patch_target, mapped[0], self.adapter_fusion, self.adapter_file, **mapped[1])
 
     def labels(self, seed: int) -> torch.Tensor:
         return torch.tensor([(seed + i) % 10 for i in range(self.s.batch)])
@@ -91,9 +86,7 @@ class ZooRunner(TransformerRunner):
     def prepare(self, seed: int) -> dict:
         prepared = super().prepare(seed)
         labels = self.labels(seed).to(self.s.device)
-        prepared["cond"].update(
-            self.spec.class_conditioning(self.transformer, labels, self.cfg, self.s.device, self.s.dtype)
-        )
+        prepared["cond"].update(self.pipe.conditioning(labels, self.cfg_scale, self.s.device, self.s.dtype))
         prepared["labels"] = labels.cpu()
         return prepared
 
@@ -105,7 +98,12 @@ class ZooRunner(TransformerRunner):
                 f"{self.label} was trained with long-skip adapters; without them it is another function. "
                 "Install a dit-cache method first (the bench does; `none` = skip-dit with interval=1)."
             )
-        return super().generate(prepared, steps)
+        seed = prepared["seed"]
+        with self.seeded_rng(seed):  # as TransformerRunner.generate, through the pipeline's loop
+            return self.pipe.denoise_latents(
+                prepared["noise"], prepared["cond"], steps or self.s.steps, self.cfg_scale,
+                generator=torch.Generator(device=self.s.device).manual_seed(seed),
+            )
 
     def describe(self) -> dict:
         return {**super().describe(), "zoo": {k: self.meta.get(k) for k in ("adapters", "steps", "data", "command")}}
