@@ -77,7 +77,9 @@ def patch(model_or_pipeline, schedule="skip-dit", *, fusion=None, kernel="auto",
     `schedule` is a preset name (see `dit_cache.presets()`) or a config object; `options`
     override the config's fields (e.g. ``interval=3``). `fusion` is ``"residual"`` (default
     when inserting: function-preserving) or ``"replace"`` (the Skip-DiT reference op).
-    Returns the patched model. On any error the model is left exactly as it was."""
+    Returns the patched model itself, as `module.to()` and `module.eval()` do (so
+    `model = patch(model)` reads as usual; `dit_cache.stats(model)` says what is installed).
+    On any error the model is left exactly as it was."""
     model = resolve_model(model_or_pipeline)
     existing = get_state(model)
     if existing is not None:
@@ -189,11 +191,24 @@ def unpatch(model_or_pipeline) -> nn.Module:
     return model
 
 
-def stats(model_or_pipeline) -> dict:
+class Stats(dict):
+    """`dit_cache.stats(...)`: a plain dict of counters whose repr is one line (the full
+    timestep list and per-kind counters stay in the dict)."""
+
+    def __repr__(self) -> str:
+        pattern = self["pattern"] if len(self["pattern"]) <= 40 else self["pattern"][:39] + "…"
+        return (
+            f"<dit-cache stats: {self['method']}, generation {self['generation']}, {self['full_steps']} full / "
+            f"{self['cached_steps']} cached steps {pattern}, {self['block_calls']} block calls "
+            f"({self['blocks_skipped']} skipped), {self['calls']} model calls>"
+        )
+
+
+def stats(model_or_pipeline) -> Stats:
     """Counters of the last (or current) generation of a patched model."""
     state = require_state(model_or_pipeline)
     s = state.tracker.stats
-    return {
+    return Stats({
         "method": getattr(state.config, "name", type(state.config).__name__),
         "config": dataclasses.asdict(state.config) if dataclasses.is_dataclass(state.config) else {},
         "generation": state.tracker.generation,
@@ -206,7 +221,7 @@ def stats(model_or_pipeline) -> dict:
         "timesteps": list(s.timesteps),
         **s.extra,
         "cached": state.method.describe_cache(),
-    }
+    })
 
 
 def reset(model_or_pipeline) -> None:

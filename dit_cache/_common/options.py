@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
+#: dtype names the options take -> the torch dtype's name (torch is imported only to resolve one)
 DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float32": "float32", "fp32": "float32",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
 }  # fmt: skip
+#: the built-in schedulers (`--scheduler`; dit_cache.testing.SCHEDULERS builds them)
+SCHEDULER_NAMES = ("ddim", "ddpm", "dpm++", "euler")
 DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?")  # the devices the tooling runs on (--device)
 _WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False, "none": None, "null": None}
 
@@ -43,11 +47,15 @@ def format_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) or value is None else str(value)
 
 
-def parse_dtype(value, error: type[Exception] = ValueError) -> torch.dtype:
+def parse_dtype(value, error: type[Exception] = ValueError, *, case_sensitive: bool = False) -> "torch.dtype":
     """A torch float dtype from its name (``float32``/``fp32``, ``float16``/``fp16``/``half``,
     ``bfloat16``/``bf16``) or itself; `error` is raised for anything else."""
-    if isinstance(value, torch.dtype) and value in DTYPES.values():
+    import torch
+
+    if isinstance(value, torch.dtype) and str(value).removeprefix("torch.") in DTYPES.values():
         return value
-    if isinstance(value, str) and value.lower() in DTYPES:
-        return DTYPES[value.lower()]
+    if isinstance(value, str):
+        name = value if case_sensitive else value.lower()
+        if name in DTYPES:
+            return getattr(torch, DTYPES[name])
     raise error(f"unknown dtype {value!r}; use one of float32, float16, bfloat16")

@@ -39,14 +39,12 @@ row columns, declared once), meta, results (JSON/CSV), table, plot, dist, progre
 """
 from __future__ import annotations
 
-from .columns import ROW_KEYS
-from .config import DEFAULT_MODEL, DEFAULT_SUITE, BenchConfig
-from .errors import BenchInputError
-from .results import BenchResult, SuiteResult
-from .run import run_bench
-from .table import render_table
+from .._common.lazy import lazy_exports
 
-__all__ = [
-    "BenchConfig", "BenchResult", "SuiteResult", "run_bench", "ROW_KEYS", "DEFAULT_MODEL", "DEFAULT_SUITE",
-    "BenchInputError", "render_table",
-]
+_EXPORTS = {
+    "ROW_KEYS": ".columns", "DEFAULT_MODEL": ".config", "DEFAULT_SUITE": ".config", "BenchConfig": ".config",
+    "BenchInputError": ".errors", "BenchResult": ".results", "SuiteResult": ".results", "run_bench": ".run",
+    "render_table": ".table",
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
+__all__ = list(_EXPORTS)

@@ -82,6 +82,10 @@ def _has_quality(rows: list[dict]) -> bool:
 
 MIB = float(2**20)
 
+def _share(value) -> str:
+    return "-" if value is None else "0" if value == 0 else f"{value:.2%}" if value >= 1e-4 else f"{value:.1e}"
+
+
 COLUMNS: tuple[Column, ...] = (
     Column("model", lambda g: g.model),
     Column("method", lambda g: g.spec.label, header="method", cell=lambda r: r["method"]),
@@ -111,14 +115,18 @@ COLUMNS: tuple[Column, ...] = (
     Column("pattern", lambda g: g.steps[2]),
     Column("psnr", _ok(lambda g: mean_psnr(g.psnr)), unit="dB", header="PSNR dB", fmt=".1f"),
     Column("ssim", _ok(lambda g: mean_or_none(g.ssim)), header="SSIM", fmt=".4f"),
-    Column("max_abs_err", lambda g: max((p["max_abs_err"] for p in g.parts if "max_abs_err" in p), default=None),
-           header="max|err|", fmt=".3g"),
+    Column("max_abs_err", lambda g: max((p["max_abs_err"] for p in g.parts if "max_abs_err" in p), default=None)),
+    Column("max_rel_err", lambda g: max((p["max_rel_err"] for p in g.parts if "max_rel_err" in p), default=None),
+           unit="of the reference's value range", header="max err", cell=lambda r: _share(r.get("max_rel_err")),
+           export="csv"),
     Column("n_images", lambda g: len(g.psnr)),
     # with several ranks FID is the mean of the ranks' FIDs (each over its seeds)
     Column("fid_mnist", _ok(lambda g: mean_or_none([p.get("fid_mnist") for p in g.parts])),
            header="FID-MNIST", fmt=".2f", shown=_has_quality),
     Column("class_acc", _ok(lambda g: weighted_mean((p.get("class_acc"), p.get("n_quality")) for p in g.parts)),
            header="class acc", fmt=".3f", shown=_has_quality),
+    Column("fid_floor", _ok(lambda g: next((p["fid_floor"] for p in g.parts if p.get("fid_floor") is not None), None)),
+           unit="FID-MNIST of as many real digits", export="json"),
     Column("n_quality", lambda g: sum(p.get("n_quality") or 0 for p in g.parts) or None),
     Column("background_cpu", lambda g: max(g.background) if g.background else None, unit="share of the CPUs"),
     Column("seeds", lambda g: g.seeds, export="csv"),

@@ -1,7 +1,8 @@
 """Fidelity of a method's final latents against the reference latents of the same seed.
 
 Per image (per frame for video): PSNR with the reference image's value range as the data
-range, SSIM (torchmetrics, Gaussian window, same data range), and the max abs error.
+range, SSIM (torchmetrics, Gaussian window, same data range), and the max abs error (also as a
+share of the reference's value range).
 """
 from __future__ import annotations
 
@@ -29,13 +30,15 @@ def fidelity(output: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
     out, ref = _images(output), _images(reference)
     diff = out - ref
     max_abs = float(diff.abs().max()) if diff.numel() else 0.0
+    value_range = float(ref.max() - ref.min()) if ref.numel() else 0.0
     psnrs, ssims = [], []
     for o, r in zip(out, ref):
         data_range = float(r.max() - r.min()) or 1.0
         mse = float((o - r).pow(2).mean())
         psnrs.append(math.inf if mse == 0.0 else 10.0 * math.log10(data_range**2 / mse))
         ssims.append(_ssim(o, r, data_range))
-    return {"psnr": psnrs, "ssim": ssims, "max_abs_err": max_abs}
+    # the max error as a share of the reference's value range: comparable across models
+    return {"psnr": psnrs, "ssim": ssims, "max_abs_err": max_abs, "max_rel_err": max_abs / (value_range or 1.0)}
 
 
 def _ssim(o: torch.Tensor, r: torch.Tensor, data_range: float) -> float | None:

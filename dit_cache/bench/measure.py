@@ -120,13 +120,13 @@ def timed_runs(method: MethodRun, runner, seeds, prepared, config, progress, dev
 
 
 def fidelity_phase(method: MethodRun, references: dict[int, torch.Tensor]) -> None:
-    psnr, ssim, max_abs = [], [], 0.0
+    psnr, ssim, max_abs, max_rel = [], [], 0.0, 0.0
     for seed, out in method.outputs.items():
         fid = fidelity(out, references[seed])
         psnr += fid["psnr"]
         ssim += fid["ssim"]
-        max_abs = max(max_abs, fid["max_abs_err"])
-    method.local.update(psnr_list=psnr, ssim_list=ssim, max_abs_err=max_abs)
+        max_abs, max_rel = max(max_abs, fid["max_abs_err"]), max(max_rel, fid["max_rel_err"])
+    method.local.update(psnr_list=psnr, ssim_list=ssim, max_abs_err=max_abs, max_rel_err=max_rel)
 
 
 def measure(specs, runner, seeds, prepared, config, progress, device, unavailable) -> list[dict]:

@@ -20,6 +20,19 @@ def latency_noise(result) -> tuple[float, str] | None:
     return worst if worst is not None and worst[0] > NOISE_BOUND else None
 
 
+def too_small_to_pay(result) -> float | None:
+    """The seconds per model call when caching promised a speedup (ideal >= 1.3x) that the
+    clock did not show (efficiency < 0.7) on a model whose forward takes under 20 ms."""
+    steps = max(1, result.meta.get("run", {}).get("steps") or 1)
+    rows = {r["method"]: r for r in result.rows if r["status"] == "ok"}
+    per_call = rows.get("none", {}).get("latency_s")
+    if per_call is None:
+        return None
+    per_call /= steps
+    missed = [r for r in rows.values() if (r.get("ideal_speedup") or 0) >= 1.3 and (r.get("efficiency") or 1) < 0.7]
+    return per_call if missed and per_call < 0.02 else None
+
+
 def _title(result) -> str:
     run = result.meta.get("run", {})
     return (
@@ -55,6 +68,17 @@ def _caption(result, pattern_width: int) -> str:
                  f"({meta.get('order')}) after {meta.get('warmup')} warm-up; "
                  f"world size {meta.get('world_size')}")
     notes.append(f"memory: {meta.get('memory_method')}")
+    floor = next((r["fid_floor"] for r in result.rows if r.get("fid_floor") is not None), None)
+    if floor is not None:
+        n = next(r["n_quality"] for r in result.rows if r.get("fid_floor") is not None)
+        notes.append(f"FID-MNIST of {n} real digits: {floor:.1f} (the floor at this sample count; lower is better)")
+    small = too_small_to_pay(result)
+    if small is not None:
+        notes.append(
+            f"[yellow]this model is too small for caching to pay: a forward takes {small * 1e3:.1f} ms, where "
+            "Python-side hook and tracking costs weigh as much as the blocks skipped; speedups grow with "
+            "the model (see benchmarks/results/dit_xl_2_cpu.txt)[/yellow]"
+        )
     busy = max((r["background_cpu"] for r in result.rows if r.get("background_cpu") is not None), default=None)
     if busy is not None and busy > BUSY_WARNING and meta.get("world_size", 1) == 1:
         notes.append(
@@ -74,11 +98,16 @@ def render_table(result, pattern_width: int = 60):
         cols = [c for c in cols if c.key not in SPEEDUP_COLUMNS]
     for i, c in enumerate(cols):  # the first column names the method
         table.add_column(c.header, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    reasons: list[str] = []  # n/a reasons, as numbered notes under the table
     for r in result.rows:
         if r["status"] != "ok":
-            table.add_row(cols[0].text(r), f"[yellow]{r['status']}[/yellow]", *[""] * (len(cols) - 2))
+            reason = r["status"].removeprefix("n/a: ")
+            if reason not in reasons:
+                reasons.append(reason)
+            table.add_row(cols[0].text(r), f"[yellow]n/a [{reasons.index(reason) + 1}][/yellow]", *[""] * (len(cols) - 2))
         else:
             table.add_row(*(c.text(r) for c in cols))
-    table.caption = _caption(result, pattern_width)
+    notes = [f"[{i}] {reason}" for i, reason in enumerate(reasons, 1)]
+    table.caption = "\n".join([_caption(result, pattern_width), *notes])
     table.caption_justify = "left"
     return table

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import count, device, number
+from .common import COMMANDS, count, device, number
 
 _EPILOG = """\
 methods: preset names (ditcache presets), `diffusers-pab[-SST]`, `diffusers-fastercache`,
@@ -31,12 +31,12 @@ def _int_list(text: str) -> list[int]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from ..bench.config import DEFAULT_STEPS, DEFAULT_SUITE, ZOO_DEFAULT_BATCH
-    from ..testing import SCHEDULER_NAMES
+    from .._common.options import SCHEDULER_NAMES
     from ..zoo import ZOO_MODELS
 
     p = subparsers.add_parser(
         "bench",
-        help="latency, FLOPs, memory and fidelity of cache methods, side by side",
+        help=COMMANDS["bench"],
         description="Benchmark cache methods on one model (or several, one after the other): latency "
         "(median, IQR), speedup vs `none`, FLOPs and the speedup they promise, peak memory, full/cached "
         "steps, PSNR/SSIM/max error against the unpatched output of the same seed (for a zoo model with "
@@ -45,12 +45,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", nargs="+", default=None, metavar="MODEL",
+    p.add_argument("--model", nargs="+", action="extend", default=None, metavar="MODEL",
                    help=f"one or more (benchmarked one after the other): a zoo model ({', '.join(ZOO_MODELS)}), "
                         f"a built-in architecture with random weights (tiny-dit, tiny-latte, tiny-hunyuan, dit-s-2, "
                         f"dit-xl-2, latte-1, hunyuan-dit), a local diffusers directory or a `ditcache finetune` "
                         f"result folder (default: {' '.join(DEFAULT_SUITE)})")
-    p.add_argument("--methods", nargs="+", metavar="SPEC", help="methods to compare (default: none, skip-dit, "
+    p.add_argument("--methods", nargs="+", action="extend", metavar="SPEC", help="methods to compare (default: none, skip-dit, "
                    "fora, a PAB preset, and diffusers' PAB/FasterCache)")
     p.add_argument("--steps", type=count(1), default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
     p.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=None,

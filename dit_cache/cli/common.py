@@ -11,6 +11,18 @@ from rich.console import Console
 
 console = Console()
 
+#: The sub-commands (each is the module of that name in this package) and their one-line help,
+#: in the order `ditcache --help` lists them.
+COMMANDS = {
+    "presets": "list the cache presets and their settings",
+    "schedule": "print which steps a preset computes in full (F) and which it takes from cache (c)",
+    "demo": "patch a tiny pipeline and show what Skip-Cache skips",
+    "sample": "draw digits from a zoo model into a PNG grid (mnist-latte: a GIF)",
+    "convert": "convert an original DiT / Skip-DiT / Latte-skip checkpoint to diffusers (+ adapters)",
+    "bench": "latency, FLOPs, memory and fidelity of cache methods, side by side",
+    "finetune": "train long-skip adapters / a model on your data (see also torchrun)",
+}
+
 
 class UsageError(Exception):
     """Bad input from the command line: one line on stderr, exit code 2."""

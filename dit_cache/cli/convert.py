@@ -6,7 +6,7 @@ import argparse
 from rich.markup import escape
 
 from ..conversion import DTYPES, LAYOUTS, ConvertError, convert
-from .common import console
+from .common import COMMANDS, console
 
 
 def cmd_convert(args) -> int:
@@ -54,7 +54,6 @@ def cmd_convert(args) -> int:
     return 0
 
 
-HELP = "convert an original DiT / Skip-DiT / Latte-skip checkpoint to diffusers (+ adapters)"
 DESCRIPTION = (
     "Convert a research-repo checkpoint (.pt/.pth read with weights_only=True, or .safetensors) into a "
     "diffusers model directory; Skip-DiT layouts also get a dit-cache adapter file (fusion='replace'). "
@@ -63,7 +62,7 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("convert", help=HELP, description=DESCRIPTION)
+    p = subparsers.add_parser("convert", help=COMMANDS["convert"], description=DESCRIPTION)
     p.add_argument("src", help="checkpoint file (.pt, .pth, .safetensors)")
     p.add_argument("out", help="output directory (must not exist unless --overwrite)")
     p.add_argument("--from", dest="layout", required=True, choices=LAYOUTS, help="checkpoint layout")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from .common import console, count
+from .common import COMMANDS, console, count
 
 
 def cmd_demo(args) -> int:
@@ -36,9 +36,10 @@ def cmd_demo(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    from ..testing import SCHEDULER_NAMES, TINY_MODELS
+    from .._common.options import SCHEDULER_NAMES
+    from ..testing import TINY_MODELS
 
-    p = subparsers.add_parser("demo", help="patch a tiny pipeline and show what Skip-Cache skips")
+    p = subparsers.add_parser("demo", help=COMMANDS["demo"])
     p.add_argument("--model", default="tiny-dit", choices=TINY_MODELS)
     p.add_argument("--scheduler", default="ddim", choices=SCHEDULER_NAMES)
     p.add_argument("--steps", type=count(1), default=20, help="denoising steps, >= 1 (default 20)")

@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .common import UsageError, console, count, device, number
+from .common import COMMANDS, UsageError, console, count, device, number
 
 
 _NONE = {"none": None, "off": None, "no": None}
@@ -28,7 +28,7 @@ SEED_LIMIT = 2**32  # numpy's seed range (the trainer seeds torch, numpy and pyt
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "finetune",
-        help="train long-skip adapters / a model on your data (see also torchrun)",
+        help=COMMANDS["finetune"],
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -5,7 +5,7 @@ import dataclasses
 
 from rich.table import Table
 
-from .common import console
+from .common import COMMANDS, console
 
 
 def _config_str(config) -> str:
@@ -30,4 +30,4 @@ def cmd_presets(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    subparsers.add_parser("presets", help="list cache presets").set_defaults(func=cmd_presets)
+    subparsers.add_parser("presets", help=COMMANDS["presets"]).set_defaults(func=cmd_presets)

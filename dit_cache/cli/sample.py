@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from .common import UsageError, console, count, number
+from .common import COMMANDS, UsageError, console, count, number
 
 _EPILOG = """\
 examples:
@@ -99,7 +99,7 @@ def add_parser(subparsers) -> None:
     from ..zoo import ZOO_MODELS
 
     p = subparsers.add_parser(
-        "sample", help="draw digits from a zoo model into a PNG grid (mnist-latte: a GIF)",
+        "sample", help=COMMANDS["sample"],
         description="Sample a zoo model through its diffusers pipeline (dit_cache.zoo.pipeline): one image "
         "(or clip) per label, laid out in a grid, written as PNG (image models) or GIF (mnist-latte).",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,

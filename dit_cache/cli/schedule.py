@@ -1,7 +1,7 @@
 """`ditcache schedule PRESET`: the F/c (full / cached step) pattern of a preset on a tiny model."""
 from __future__ import annotations
 
-from .common import UsageError, console, count
+from .common import COMMANDS, UsageError, console, count
 
 
 def cmd_schedule(args) -> int:
@@ -20,9 +20,10 @@ def cmd_schedule(args) -> int:
 
 def add_parser(subparsers) -> None:
     from ..schedules import PRESETS
-    from ..testing import SCHEDULER_NAMES, TINY_MODELS
+    from .._common.options import SCHEDULER_NAMES
+    from ..testing import TINY_MODELS
 
-    p = subparsers.add_parser("schedule", help="print the F/c pattern of a preset")
+    p = subparsers.add_parser("schedule", help=COMMANDS["schedule"])
     p.add_argument("preset", choices=sorted(PRESETS))
     p.add_argument("--model", default="tiny-dit", choices=TINY_MODELS)
     p.add_argument("--scheduler", default="ddim", choices=SCHEDULER_NAMES)

@@ -1,21 +1,11 @@
 """`dit_cache.convert`: original DiT, released Skip-DiT and Latte-skip checkpoints -> diffusers +
 dit-cache adapters (see conversion.api)."""
-from .api import ConvertResult, convert, use_original_dit_timestep_embedding
-from .errors import ConvertError
-from .layouts import LAYOUTS
-from .options import DTYPES, parse_config
-from .output import ADAPTER_FILE, INFO_FILE
-from .reading import read_checkpoint
+from .._common.lazy import lazy_exports
 
-__all__ = [
-    "ADAPTER_FILE",
-    "ConvertError",
-    "ConvertResult",
-    "DTYPES",
-    "INFO_FILE",
-    "LAYOUTS",
-    "convert",
-    "parse_config",
-    "read_checkpoint",
-    "use_original_dit_timestep_embedding",
-]
+_EXPORTS = {
+    "ConvertResult": ".api", "convert": ".api", "use_original_dit_timestep_embedding": ".api",
+    "ConvertError": ".errors", "LAYOUTS": ".layouts", "DTYPES": ".options", "parse_config": ".options",
+    "ADAPTER_FILE": ".output", "INFO_FILE": ".output", "read_checkpoint": ".reading",
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
+__all__ = sorted(_EXPORTS)

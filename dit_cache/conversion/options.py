@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .._common.options import DTYPES, parse_value
+from .._common.options import DTYPES, parse_dtype, parse_value
 from .errors import ConvertError
 
 CONFIG_ALIASES = {"num_attention_heads": "num_heads", "heads": "num_heads", "input_size": "sample_size"}
@@ -63,6 +63,7 @@ def resolve_dtype(dtype, tensors: dict[str, torch.Tensor]) -> torch.dtype:
     if dtype is None:
         found = {v.dtype for v in tensors.values() if v.is_floating_point()}
         return found.pop() if len(found) == 1 else torch.float32
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values() or isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES.get(dtype, dtype)
-    raise ConvertError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    try:
+        return parse_dtype(dtype, case_sensitive=True)
+    except ValueError:
+        raise ConvertError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}") from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from typing import Any
 from pathlib import Path
 
 from ..api import patch, unpatch
@@ -58,9 +59,35 @@ def save_result(model, output_dir: Path, *, scheduler, fp16: bool, meta: dict):
 
 
 
+def trained_adapter_schedule(schedule, options: dict) -> tuple[Any, dict] | None:
+    """How `schedule` (+ `options`) runs on a model trained with long-skip adapters, which are part
+    of its function: ``none`` becomes Skip-Cache with ``interval=1`` (every step full, adapters in
+    place), schedules that insert adapters stay as they are, and None for those that do not
+    (FORA, PAB: they would run the model without its trained skips)."""
+    from ..methods import NoCacheConfig
+    from ..schedules import resolve_schedule
+
+    config = resolve_schedule(schedule)
+    if isinstance(config, NoCacheConfig):
+        return "skip-dit", {"interval": 1}
+    return (schedule, options) if config.inserts_adapters else None
+
+
 def patch_with_adapters(model, schedule, fusion, adapter_file, **options):
     """`dit_cache.patch` then `load_adapters` of trained long skips; unpatched again if the
     adapters do not load, so a failure leaves the model as it was."""
+    mapped = trained_adapter_schedule(schedule, options)
+    if mapped is None:
+        from ..schedules import resolve_schedule
+
+        config = resolve_schedule(schedule)
+        raise ValueError(
+            f"this model was trained with long-skip adapters ({Path(adapter_file).name}); "
+            f"{getattr(config, 'name', type(config).__name__)} does not insert them, so it would run the model "
+            "without the skips it was trained with. Use schedule='skip-dit' (or 'none': every step full, "
+            "adapters in place); compare FORA and PAB on the vanilla model (e.g. mnist-dit)"
+        )
+    schedule, options = mapped
     patch(model, schedule, fusion=fusion, **options)
     try:
         load_adapters(model, adapter_file)

@@ -63,7 +63,7 @@ class Generation:
     branch: int = 0
     t_step: float | None = None
     step_full: bool = True
-    probe: torch.Tensor | None = None  # fingerprint of this step's first-branch input
+    probe: Any = None  # fingerprint (numpy, on the host) of this step's first-branch input
     caches: dict[int, Any] = field(default_factory=dict)  # branch -> method state of that branch
     stats: GenerationStats = field(default_factory=GenerationStats)
 
@@ -253,7 +253,7 @@ class StepTracker:
         if probe is None or any(g.probe is None for g in candidates):  # nothing to compare
             g = candidates[0]
             return g, t == g.t_step
-        # Rank the candidates by how well this input continues each (one device sync): an
+        # Rank the candidates by how well this input continues each: an
         # identical input at the same timestep is a CFG branch; a lower timestep continues the
         # generation whose last input it is most correlated with, if correlated at all.
         scored = []

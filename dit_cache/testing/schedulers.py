@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from ..adapters.family import family_spec
 
+from .._common.options import SCHEDULER_NAMES
 from .builders import family_of
 
 # scheduler name -> (diffusers class, its options besides the family's noise config)
@@ -46,7 +47,7 @@ def _make(kind: str, name_or_family: str, raw: bool = False):
 
 
 SCHEDULERS: dict[str, Callable[..., Any]] = {kind: functools.partial(_make, kind) for kind in _KINDS}
-SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULERS)
+assert tuple(SCHEDULERS) == SCHEDULER_NAMES, "the scheduler names the options take and the ones built here"
 
 
 def build_scheduler(scheduler: str, name_or_family: str, raw: bool = False):

@@ -238,20 +238,6 @@ class ZooVideoPipeline(ZooPipeline):
         return ZooVideoPipelineOutput(frames=frames)
 
 
-def trained_adapter_schedule(schedule, options: dict) -> tuple[Any, dict] | None:
-    """How `schedule` (+ `options`) runs on a model trained with long-skip adapters, which are part
-    of its function: ``none`` becomes Skip-Cache with ``interval=1`` (every step full, adapters in
-    place), schedules that insert adapters stay as they are, and None for those that do not
-    (FORA, PAB: they would run the model without its trained skips)."""
-    from ..methods import NoCacheConfig
-    from ..schedules import resolve_schedule
-
-    config = resolve_schedule(schedule)
-    if isinstance(config, NoCacheConfig):
-        return "skip-dit", {"interval": 1}
-    return (schedule, options) if config.inserts_adapters else None
-
-
 def zoo_pipeline(name: str, schedule="auto", **options) -> ZooPipeline:
     """The zoo model `name` in its pipeline (`ZooVideoPipeline` for mnist-latte, else
     `ZooImagePipeline`) with a DDIM scheduler on its training noise schedule (`pixel_scheduler`).
@@ -264,6 +250,7 @@ def zoo_pipeline(name: str, schedule="auto", **options) -> ZooPipeline:
     from diffusers import DDIMScheduler
 
     from ..api import patch
+    from ..finetuning.io import trained_adapter_schedule
     from .loader import load, meta, path, schedule_options
 
     info = meta(name)

@@ -84,6 +84,19 @@ class MnistQuality:
             metric.update(frames[i : i + 1000], real=False)
         return float(metric.compute())
 
+    @torch.no_grad()
+    def fid_floor(self, n: int) -> float:
+        """FID-MNIST of `n` real digits (frames): what a perfect model would score with that
+        many samples, so that a FID is read against it, not against 0 (cached per `n`)."""
+        floors = self.__dict__.setdefault("_floors", {})
+        if n not in floors:
+            real = moving_frames() if self.video else still_digits()[0]
+            pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:n]
+            metric = self._fid_metric()
+            metric.update(real[pick], real=False)
+            floors[n] = float(metric.compute())
+        return floors[n]
+
     def class_accuracy(self, samples: torch.Tensor, labels: torch.Tensor) -> float:
         frames, per = as_frames(samples.clamp(-1, 1))
         return accuracy(self.classifier, frames, torch.as_tensor(labels).repeat_interleave(per))

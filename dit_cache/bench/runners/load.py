@@ -136,18 +136,43 @@ def _load_transformer_dir(path: str, label: str, s: RunSettings) -> Runner:
     return TransformerRunner(label, tr, fam, scheduler_for(s.scheduler, fam), s)
 
 
+def cached_hub_model(model: str) -> str | None:
+    """The local folder of hub id `model` ("org/name") when it is in the Hugging Face cache
+    (dit-cache never downloads: like ``from_pretrained`` with ``HF_HUB_OFFLINE=1``), else None."""
+    if model.count("/") != 1 or os.path.exists(model):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(model, local_files_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError), or not a valid repo id
+        return None
+
+
 def check_model_name(model: str) -> None:
-    """BenchInputError unless `model` names a built-in, a zoo model or an existing directory."""
+    """BenchInputError unless `model` names a built-in, a zoo model, an existing directory or
+    a hub id in the local Hugging Face cache; the error suggests near names."""
+    import difflib
+
     from ...testing import MODEL_CONFIGS
     from ...zoo import ZOO_MODELS
 
-    if model in MODEL_CONFIGS or model in ZOO_MODELS or os.path.isdir(model):
+    if model in MODEL_CONFIGS or model in ZOO_MODELS or os.path.isdir(model) or cached_hub_model(model):
         return
     if os.path.exists(model):
         raise BenchInputError(f"{model} is a file; --model takes a built-in name or a diffusers directory")
+    names = [*MODEL_CONFIGS, *ZOO_MODELS]
+    close = difflib.get_close_matches(model.lower().replace("_", "-"), names, n=1, cutoff=0.6)
+    close = close or difflib.get_close_matches(model.rpartition("/")[2].lower().replace("_", "-"), names, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hub = (
+        f" {model!r} looks like a hub id: dit-cache loads hub models only from the local Hugging Face cache "
+        f"(as with HF_HUB_OFFLINE=1), and it is not there; download it first (`huggingface-cli download {model}`)."
+        if model.count("/") == 1 else ""
+    )
     raise BenchInputError(
-        f"unknown model {model!r}: not a built-in name ({', '.join(MODEL_CONFIGS)}), not a zoo model "
-        f"({', '.join(ZOO_MODELS)}) and no such directory"
+        f"unknown model {model!r}.{hint}{hub} Built-in names: {', '.join(MODEL_CONFIGS)}; zoo models: "
+        f"{', '.join(ZOO_MODELS)}; or a local diffusers directory"
     )
 
 
@@ -158,6 +183,7 @@ def load_runner(model: str, settings: RunSettings) -> Runner:
     from ...zoo import ZOO_MODELS
 
     check_model_name(model)
+    model = cached_hub_model(model) or model
     if model in MODEL_CONFIGS:
         return _load_builtin(model, settings)
     if model in ZOO_MODELS or is_finetune_dir(model):

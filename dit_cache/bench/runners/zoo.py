@@ -69,7 +69,7 @@ class ZooRunner(TransformerRunner):
         """With the zoo model's Skip-Cache defaults, and its trained adapters (see the module doc)."""
         from ...finetuning.io import patch_with_adapters
         from ...zoo import schedule_options
-        from ...zoo.pipelines import trained_adapter_schedule
+        from ...finetuning.io import trained_adapter_schedule
 
         options = schedule_options(self.zoo_name, name, options)
         if not self.adapter_fusion:
@@ -119,6 +119,7 @@ class ZooRunner(TransformerRunner):
         labels = torch.cat([self.labels(s) for s in seeds])
         out = {"class_acc": self._quality.class_accuracy(samples, labels), "n_quality": len(samples)}
         out["fid_mnist"] = self._quality.fid(samples) if len(samples) >= 2 else None
+        out["fid_floor"] = self._quality.fid_floor(len(samples)) if len(samples) >= 2 else None
         return out
 
 
