@@ -10,7 +10,7 @@ from diffusers import DiTTransformer2DModel
 from torch import nn
 
 from .base import BackboneAdapter, SkipCacheDefaults
-from .family import Conditioning, FamilySpec
+from .family import Conditioning, FamilySpec, real_size
 from .tiny_parts import TINY_VAE
 
 
@@ -46,13 +46,8 @@ IMAGENET_ID2LABEL = {
 }
 
 # facebook/DiT-XL-2-256; Latte-1 and PixArt-alpha train on the same schedule.
-DIT_NOISE_CONFIG = dict(
-    num_train_timesteps=1000,
-    beta_schedule="linear",
-    beta_start=0.0001,
-    beta_end=0.02,
-    prediction_type="epsilon",
-)
+DIT_NOISE_CONFIG = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
+                        prediction_type="epsilon")
 
 
 def _dit_config(heads: int, head_dim: int, layers: int, sample_size: int, **extra) -> dict:
@@ -85,23 +80,11 @@ DIT_MODEL_CONFIGS = {
         "num_frames": None,
         "guidance_scale": 4.0,
     },
-    "dit-xl-2": {
-        "tiny": False,
-        "reference": "facebook/DiT-XL-2-256",
-        "transformer": _dit_config(16, 72, 28, 32, **_REAL),
-        "resolution": 256,
-        "num_frames": None,
-        "guidance_scale": 4.0,
-    },
+    "dit-xl-2": real_size(_dit_config(16, 72, 28, 32, **_REAL), reference="facebook/DiT-XL-2-256", resolution=256,
+                          guidance_scale=4.0),
     # DiT-S/2 (the DiT paper's smallest model, 33M params + diffusers' per-block embedders):
     # mid-size, so `ditcache bench` measures compute rather than Python overhead on a CPU.
-    "dit-s-2": {
-        "tiny": False,
-        "transformer": _dit_config(6, 64, 12, 32, **_REAL),
-        "resolution": 256,
-        "num_frames": None,
-        "guidance_scale": 4.0,
-    },
+    "dit-s-2": real_size(_dit_config(6, 64, 12, 32, **_REAL), resolution=256, guidance_scale=4.0),
 }
 
 

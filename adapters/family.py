@@ -20,6 +20,15 @@ from torch import nn
 from .base import BackboneAdapter
 
 
+def real_size(transformer: dict, *, reference: str | None = None, resolution: int, guidance_scale: float,
+              num_frames: int | None = None) -> dict[str, Any]:
+    """A `model_configs` entry of a real-size architecture (random weights; `reference` names
+    the released checkpoint whose config it copies)."""
+    entry = {"tiny": False, "transformer": transformer, "resolution": resolution, "num_frames": num_frames,
+             "guidance_scale": guidance_scale}
+    return {**entry, "reference": reference} if reference else entry
+
+
 class FamilySpec:
     """One backbone family as the tooling sees it. Subclass it next to the family's adapter."""
 

@@ -11,7 +11,7 @@ from diffusers import HunyuanDiT2DModel
 from torch import nn
 
 from .base import BackboneAdapter, SkipCacheDefaults
-from .family import Conditioning, FamilySpec, module_device, unique_captions
+from .family import Conditioning, FamilySpec, module_device, real_size, unique_captions
 from .tiny_parts import TINY_BERT, TINY_T5, TINY_VAE, bert_tokenizer, t5_tokenizer, tiny_bert, tiny_t5
 
 
@@ -58,14 +58,8 @@ class HunyuanDiTAdapter(BackboneAdapter):
 # ------------------------------------------------------------------------------------------
 
 # Tencent-Hunyuan/HunyuanDiT-Diffusers scheduler config
-HUNYUAN_NOISE_CONFIG = dict(
-    num_train_timesteps=1000,
-    beta_schedule="scaled_linear",
-    beta_start=0.00085,
-    beta_end=0.03,
-    prediction_type="v_prediction",
-    steps_offset=1,
-)
+HUNYUAN_NOISE_CONFIG = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.03,
+                            prediction_type="v_prediction", steps_offset=1)
 
 
 def _hunyuan_config(heads: int, head_dim: int, sample_size: int, layers: int, mlp_ratio: float, cross_dim: int,
@@ -104,14 +98,8 @@ HUNYUAN_MODEL_CONFIGS = {
         "num_frames": None,
         "guidance_scale": 5.0,
     },
-    "hunyuan-dit": {
-        "tiny": False,
-        "reference": "Tencent-Hunyuan/HunyuanDiT-v1.1-Diffusers",
-        "transformer": _hunyuan_config(16, 88, 128, 40, 4.3637, 1024, 2048, 1024),
-        "resolution": 1024,
-        "num_frames": None,
-        "guidance_scale": 5.0,
-    },
+    "hunyuan-dit": real_size(_hunyuan_config(16, 88, 128, 40, 4.3637, 1024, 2048, 1024),
+                             reference="Tencent-Hunyuan/HunyuanDiT-v1.1-Diffusers", resolution=1024, guidance_scale=5.0),
 }
 
 

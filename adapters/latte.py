@@ -12,7 +12,7 @@ from torch import nn
 
 from .base import BackboneAdapter, SkipCacheDefaults
 from .dit import DIT_NOISE_CONFIG
-from .family import Conditioning, FamilySpec, class_tokens, module_device, unique_captions
+from .family import Conditioning, FamilySpec, class_tokens, module_device, real_size, unique_captions
 from .tiny_parts import TINY_T5, TINY_VAE, t5_tokenizer, tiny_t5
 
 
@@ -73,14 +73,8 @@ LATTE_MODEL_CONFIGS = {
         "num_frames": 4,
         "guidance_scale": 7.5,
     },
-    "latte-1": {
-        "tiny": False,
-        "reference": "maxin-cn/Latte-1",
-        "transformer": _latte_config(16, 72, 28, 1152, 4096, 64, video_length=16, dropout=0.0),
-        "resolution": 512,
-        "num_frames": 16,
-        "guidance_scale": 7.5,
-    },
+    "latte-1": real_size(_latte_config(16, 72, 28, 1152, 4096, 64, video_length=16, dropout=0.0),
+                         reference="maxin-cn/Latte-1", resolution=512, num_frames=16, guidance_scale=7.5),
 }
 
 

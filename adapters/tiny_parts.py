@@ -37,32 +37,16 @@ TINY_VAE = dict(
 )
 
 TINY_T5 = dict(
-    d_model=32,
-    d_kv=16,
-    d_ff=64,
-    num_layers=2,
-    num_heads=2,
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=32,
-    dropout_rate=0.0,
-    feed_forward_proj="gated-gelu",
-    is_encoder_decoder=False,
-    use_cache=False,
-    pad_token_id=0,
-    eos_token_id=1,
-    decoder_start_token_id=0,
+    d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,  # sizes
+    relative_attention_num_buckets=8, relative_attention_max_distance=32, dropout_rate=0.0,
+    feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,  # token ids of the tiny vocabulary
 )
 
 TINY_BERT = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,  # sizes
     max_position_embeddings=128,  # the Hunyuan pipeline pads BERT prompts to 77 tokens
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-    type_vocab_size=2,
-    pad_token_id=0,
+    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, type_vocab_size=2, pad_token_id=0,
 )
 
 _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789,.-'"

@@ -36,11 +36,12 @@ def too_small_to_pay(result) -> float | None:
 def _title(result) -> str:
     run = result.meta.get("run", {})
     return (
-        f"{run.get('model')} ({run.get('transformer_class')}, {run.get('params', 0) / 1e6:.1f}M params) - "
+        # one line per topic, so that an 80-column terminal breaks between them, not mid-phrase
+        f"{run.get('model')} ({run.get('transformer_class')}, {run.get('params', 0) / 1e6:.1f}M params)\n"
         f"{run.get('runner')}, {run.get('scheduler')} x {run.get('steps')} steps, {run.get('resolution')} px"
         + (f", {run.get('frames')} frames" if run.get("frames") else "")
         + f", batch {run.get('batch')}, CFG {run.get('cfg_scale')}{' (batched)' if run.get('cfg') else ' (off)'}, "
-        f"{run.get('dtype')}, {run.get('device')}, {result.meta.get('threads')} threads"
+        f"{run.get('dtype')}, {run.get('device')}\n{result.meta.get('threads')} threads"
         + (f" ({result.meta['threads_why']})" if result.meta.get("threads_why") else "")
     )
 

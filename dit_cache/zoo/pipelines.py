@@ -203,12 +203,8 @@ class ZooImagePipeline(ZooPipeline):
     a (B, H, W, C) array in [0, 1] ("np"), a (B, C, H, W) tensor in [0, 1] ("pt"), or the raw
     samples in [-1, 1] ("latent")."""
 
-    def __init__(self, transformer, scheduler, class_names: list[str] | None = None):
-        super().__init__(transformer, scheduler, class_names)
-        self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=False)
-
-    def postprocess(self, samples: torch.Tensor, output_type: str):
-        return self.image_processor.postprocess(samples, output_type)
+    def postprocess(self, samples: torch.Tensor, output_type: str):  # pixel space: no VAE, no resize
+        return VaeImageProcessor(vae_scale_factor=1, do_resize=False).postprocess(samples, output_type)
 
     def output(self, images) -> ImagePipelineOutput:
         return ImagePipelineOutput(images=images)
@@ -227,12 +223,8 @@ class ZooVideoPipeline(ZooPipeline):
     the class as a one-hot caption token). ``pipe(class_labels=[7]).frames[0]`` is a list of PIL
     frames (the model's ``video_length``): ``diffusers.utils.export_to_gif(frames, "7.gif")``."""
 
-    def __init__(self, transformer, scheduler, class_names: list[str] | None = None):
-        super().__init__(transformer, scheduler, class_names)
-        self.video_processor = VideoProcessor(vae_scale_factor=1, do_resize=False)
-
     def postprocess(self, samples: torch.Tensor, output_type: str):
-        return self.video_processor.postprocess_video(samples, output_type)
+        return VideoProcessor(vae_scale_factor=1, do_resize=False).postprocess_video(samples, output_type)
 
     def output(self, frames) -> ZooVideoPipelineOutput:
         return ZooVideoPipelineOutput(frames=frames)
