@@ -3,7 +3,16 @@ from __future__ import annotations
 
 import torch
 
+import dit_cache
 from dit_cache.testing import build_scheduler, family_of, transformer_inputs
+
+#: One method of each kind, and `patch_caching`, which makes Skip-Cache cache from the first
+#: steps on (its default keeps t >= start full): so that a short loop really caches.
+CACHING_METHODS = ("skip-dit", "fora-2", "pab-236")
+
+
+def patch_caching(model, method: str):
+    return dit_cache.patch(model, method, **({"start": 1000.0} if method == "skip-dit" else {}))
 
 
 class Loop:

@@ -10,15 +10,11 @@ import torch
 
 import dit_cache
 from dit_cache.testing import build_transformer
-from loops import Loop
+from loops import CACHING_METHODS, Loop, patch_caching
 
-METHODS = ("skip-dit", "fora-2", "pab-236")
+METHODS = CACHING_METHODS
 STEPS = 6
-
-
-def _patch(model, method, **extra):
-    options = {"start": 1000.0} if method == "skip-dit" else {}
-    return dit_cache.patch(model, method, **options, **extra)
+_patch = patch_caching
 
 
 def _cached(model) -> int:

@@ -11,14 +11,10 @@ import torch
 
 import dit_cache
 from dit_cache.testing import build_pipeline, pipeline_inputs, run_pipeline, transformer_inputs
-from loops import Loop
+from loops import CACHING_METHODS, Loop, patch_caching
 
-METHODS = ("skip-dit", "fora-2", "pab-236")
-SKIP_OPTIONS = {"skip-dit": {"start": 1000.0}}  # cache from the first steps on
-
-
-def _patch(target, method):
-    return dit_cache.patch(target, method, **SKIP_OPTIONS.get(method, {}))
+METHODS = CACHING_METHODS
+_patch = patch_caching
 
 
 def _fresh(model, method):

@@ -46,7 +46,7 @@ def _title(result) -> str:
     )
 
 
-def _caption(result, pattern_width: int) -> str:
+def _caption(result, pattern_width: int, noise) -> str:
     lines = []
     for r in result.rows:
         p = r.get("pattern")
@@ -56,7 +56,6 @@ def _caption(result, pattern_width: int) -> str:
     meta = result.meta
     s = meta.get("summary", {})
     notes = []
-    noise = latency_noise(result)
     if noise is not None:
         notes.append(
             f"[red]speedups withheld: latency spread (IQR / median) up to {noise[0]:.0%} ({noise[1]}), over "
@@ -95,7 +94,8 @@ def render_table(result, pattern_width: int = 60):
 
     table = Table(title=_title(result), title_justify="left")
     cols = [c for c in COLUMNS if c.header is not None and (c.shown is None or c.shown(result.rows))]
-    if latency_noise(result) is not None:
+    noise = latency_noise(result)
+    if noise is not None:
         cols = [c for c in cols if c.key not in SPEEDUP_COLUMNS]
     for i, c in enumerate(cols):  # the first column names the method
         table.add_column(c.header, justify="left" if i == 0 else "right", no_wrap=i == 0)
@@ -109,6 +109,6 @@ def render_table(result, pattern_width: int = 60):
         else:
             table.add_row(*(c.text(r) for c in cols))
     notes = [f"[{i}] {reason}" for i, reason in enumerate(reasons, 1)]
-    table.caption = "\n".join([_caption(result, pattern_width), *notes])
+    table.caption = "\n".join([_caption(result, pattern_width, noise), *notes])
     table.caption_justify = "left"
     return table

@@ -33,8 +33,9 @@ class LongSkipFusion(nn.Module):
         self._fold_cache: dict = {}
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:  # (B, L, D) x2 -> (B, L, D)
-        if self._offloaded(x):
-            return self._unfused(x, skip)
+        hooked = self._hooked()
+        if hooked or self.linear.weight.device != x.device:
+            return self._unfused(x, skip, hooked)
         return skip_fusion(
             x,
             skip,
@@ -48,18 +49,16 @@ class LongSkipFusion(nn.Module):
             cache=self._fold_cache,
         )
 
-    def _offloaded(self, x: torch.Tensor) -> bool:
-        """Whether an offloading library manages the weights (accelerate's or diffusers' hooks on
-        the submodules load them only when the submodule itself is called), or they sit on
-        another device than the activations."""
-        hooked = any("_hf_hook" in m.__dict__ or "_diffusers_hook" in m.__dict__ for m in (self.norm, self.linear))
-        return hooked or self.linear.weight.device != x.device
+    def _hooked(self) -> bool:
+        """Whether an offloading library manages the weights: accelerate's or diffusers' hooks on
+        the submodules load them only when the submodule itself is called."""
+        return any("_hf_hook" in m.__dict__ or "_diffusers_hook" in m.__dict__ for m in (self.norm, self.linear))
 
-    def _unfused(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def _unfused(self, x: torch.Tensor, skip: torch.Tensor, hooked: bool) -> torch.Tensor:
         """The same op through the submodules, so that offloading hooks fire (or, with no hooks,
         with the weights copied to the activations' device for this call)."""
         h = torch.cat([x, skip], dim=-1)  # (B, L, 2D)
-        if any("_hf_hook" in m.__dict__ or "_diffusers_hook" in m.__dict__ for m in (self.norm, self.linear)):
+        if hooked:
             y = self.linear(self.norm(h).to(x.dtype))
         else:
             weight, bias = (p.to(x.device) for p in (self.norm.weight, self.norm.bias))

@@ -71,10 +71,9 @@ class DispatchHook(ModelHook):
         return self._entry(self, ctx, args, kwargs)
 
     def run(self, args: tuple, kwargs: dict):
-        if self.counts_blocks:
-            ctx = self.state.tracker.ctx
-            if ctx is None or not ctx.replay:
-                self.state.tracker.stats.block_calls += 1
+        ctx = self.state.tracker.ctx
+        if self.counts_blocks and ctx is not None:
+            ctx.stats.block_calls += 1  # a recomputation in backward counts into a throwaway
         return self.fn_ref.original_forward(*args, **kwargs)
 
 

@@ -59,9 +59,7 @@ class Generation:
 
     number: int
     signature: tuple | None = None
-    step: int = -1
     branch: int = 0
-    t_step: float | None = None
     step_full: bool = True
     probe: Any = None  # fingerprint (numpy, on the host) of this step's first-branch input
     caches: dict[int, Any] = field(default_factory=dict)  # branch -> method state of that branch
@@ -70,6 +68,15 @@ class Generation:
     @property
     def timesteps(self) -> list[float]:
         return self.stats.timesteps
+
+    @property
+    def step(self) -> int:
+        return len(self.stats.timesteps) - 1
+
+    @property
+    def t_step(self) -> float | None:
+        """The timestep of the current step (None before the first call)."""
+        return self.stats.timesteps[-1] if self.stats.timesteps else None
 
 
 @dataclass
@@ -221,9 +228,7 @@ class StepTracker:
         if same_step:
             gen.branch += 1
         else:
-            gen.t_step, gen.probe = t_value, probe
-            gen.step += 1
-            gen.branch = 0
+            gen.probe, gen.branch = probe, 0
             gen.stats.timesteps.append(t_value)
             gen.step_full = decide(gen.timesteps)
             gen.stats.pattern.append("F" if gen.step_full else "c")

@@ -59,6 +59,14 @@ class MnistQuality:
         self.classifier = classifier if classifier is not None else load_classifier()
         self.video = video
         self._metric = None
+        self._real: torch.Tensor | None = None
+        self._floors: dict[int, float] = {}
+
+    def _real_frames(self) -> torch.Tensor:
+        """The real digits (or moving-digit frames) the FID compares with, rendered once."""
+        if self._real is None:
+            self._real = moving_frames() if self.video else still_digits()[0]
+        return self._real
 
     def _fid_metric(self):
         """The FID metric holding the real statistics, computed once: ``reset`` keeps them
@@ -67,7 +75,7 @@ class MnistQuality:
             from torchmetrics.image.fid import FrechetInceptionDistance
 
             metric = FrechetInceptionDistance(feature=FIDFeatures(self.classifier), reset_real_features=False)
-            real = moving_frames() if self.video else still_digits()[0]
+            real = self._real_frames()
             for i in range(0, len(real), 1000):
                 metric.update(real[i : i + 1000], real=True)
             self._metric = metric
@@ -88,14 +96,13 @@ class MnistQuality:
     def fid_floor(self, n: int) -> float:
         """FID-MNIST of `n` real digits (frames): what a perfect model would score with that
         many samples, so that a FID is read against it, not against 0 (cached per `n`)."""
-        floors = self.__dict__.setdefault("_floors", {})
-        if n not in floors:
-            real = moving_frames() if self.video else still_digits()[0]
+        if n not in self._floors:
+            real = self._real_frames()
             pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:n]
             metric = self._fid_metric()
             metric.update(real[pick], real=False)
-            floors[n] = float(metric.compute())
-        return floors[n]
+            self._floors[n] = float(metric.compute())
+        return self._floors[n]
 
     def class_accuracy(self, samples: torch.Tensor, labels: torch.Tensor) -> float:
         frames, per = as_frames(samples.clamp(-1, 1))
