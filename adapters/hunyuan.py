@@ -20,7 +20,7 @@ class HunyuanDiTAdapter(BackboneAdapter):
     family = "hunyuan"
     native_skips = True
     # Reference: 2 of 40 layers (0 and 39) run on a cached step, full while t >= 700.
-    defaults = SkipCacheDefaults(interval=2, shallow=1, start=700.0, close=50.0)
+    defaults = SkipCacheDefaults(interval=2, shallow=1, start=700.0, close=50.0, reference_units=40)
 
     def units(self, model: nn.Module) -> list[list[nn.Module]]:
         return [[block] for block in model.blocks]

@@ -20,7 +20,7 @@ class LatteAdapter(BackboneAdapter):
     model_class = LatteTransformer3DModel
     family = "latte"
     # Reference (text-to-video): 2 of 28 pairs run on a cached step, full while t >= 700.
-    defaults = SkipCacheDefaults(interval=2, shallow=1, start=700.0, close=50.0)
+    defaults = SkipCacheDefaults(interval=2, shallow=1, start=700.0, close=50.0, reference_units=28)
 
     def units(self, model: nn.Module) -> list[list[nn.Module]]:
         return [

@@ -9,7 +9,9 @@ from .version import __version__
 
 _EXPORTS = {
     **dict.fromkeys(("patch", "unpatch", "stats", "reset", "schedule_pattern"), ".api"),
-    **dict.fromkeys(("SkipCacheConfig", "NoCacheConfig", "FORAConfig", "PABConfig"), ".methods"),
+    **dict.fromkeys(("SkipCacheConfig", "NoCacheConfig", "FORAConfig", "PABConfig", "StepPlanConfig"), ".methods"),
+    **dict.fromkeys(("calibrate", "Calibration"), ".calibration"),
+    **dict.fromkeys(("load_schedule", "save_schedule"), ".schedule_file"),
     **dict.fromkeys(("save_adapters", "load_adapters"), ".runtime.adapter_io"),
     **dict.fromkeys(("register_adapter", "register_method", "supported_models"), ".runtime.registry"),
     **dict.fromkeys(("spectral_norms", "cap_spectral_norm_"), ".runtime.spectral"),

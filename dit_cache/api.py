@@ -126,7 +126,10 @@ def _install(model: nn.Module, state: PatchState, method_cls, *, attention=None,
         state.method.install()
         state.hooks.add(model, StepHook(state), STEP_HOOK)
         if callable(getattr(scheduler, "set_timesteps", None)):
-            state.scheduler_watch = SchedulerWatch(scheduler, state.tracker)
+            check = getattr(state.method, "check_scheduler", None)
+            if check is not None:
+                check(scheduler, timesteps=False)  # a pipeline whose scheduler the plan was not made for
+            state.scheduler_watch = SchedulerWatch(scheduler, state.tracker, check)
         if attention == "xformers":
             from .kernels.attention import enable_xformers
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 
 from .methods import BUILTIN_PRESETS
+from .schedule_file import is_schedule_file, load_schedule
 
 #: Preset name -> config (each method module names its own presets). Also feeds the CLI choices.
 PRESETS: dict[str, object] = dict(BUILTIN_PRESETS)
@@ -22,7 +23,10 @@ def presets() -> dict[str, object]:
 
 
 def resolve_schedule(schedule) -> object:
-    """A preset name or a config object -> config object, with a clear error for bad names."""
+    """A preset name, a schedule file (.json) or a config object -> config object, with a clear
+    error for bad names."""
+    if is_schedule_file(schedule):
+        return load_schedule(schedule)
     if isinstance(schedule, str):
         if schedule in PRESETS:
             return PRESETS[schedule]

@@ -21,8 +21,8 @@ LAYERS = {
     "adapters": 0, "kernels": 0, "version": 0, "_common": 0,
     "runtime": 1,
     "methods": 2,
-    "api": 3, "schedules": 3, "__init__": 3,
-    "bench": 4, "finetuning": 4, "conversion": 4, "zoo": 4, "testing": 4,
+    "api": 3, "schedules": 3, "schedule_file": 3, "__init__": 3,
+    "bench": 4, "calibration": 4, "finetuning": 4, "conversion": 4, "zoo": 4, "testing": 4,
     "cli": 5,
 }
 

@@ -1,10 +1,11 @@
 """Cache methods, one module each with its config and presets: importing this package
 registers them. To add one, write its module and list it here."""
-from . import base, fora, pab, skip_cache
+from . import base, fora, pab, plan, skip_cache
 from .base import CacheMethod, NoCache, NoCacheConfig
 from .fora import FORA, FORAConfig
 from .layer_reuse import LayerReuseMethod
 from .pab import PAB, PABConfig, PABPlan
+from .plan import StepPlan, StepPlanConfig
 from .skip_cache import SkipCache, SkipCacheConfig
 
 #: Preset name -> config, in the order `ditcache presets` lists them.
@@ -12,5 +13,5 @@ BUILTIN_PRESETS = {name: cfg for module in (base, skip_cache, fora, pab) for nam
 
 __all__ = [
     "CacheMethod", "NoCache", "NoCacheConfig", "LayerReuseMethod", "BUILTIN_PRESETS",
-    "SkipCache", "SkipCacheConfig", "FORA", "FORAConfig", "PAB", "PABConfig", "PABPlan",
+    "SkipCache", "SkipCacheConfig", "StepPlan", "StepPlanConfig", "FORA", "FORAConfig", "PAB", "PABConfig", "PABPlan",
 ]

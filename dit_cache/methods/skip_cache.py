@@ -50,7 +50,7 @@ class SkipCacheConfig:
                 "(steps with t >= start and steps after t <= close are always full)"
             )
 
-    def resolve(self, defaults: SkipCacheDefaults, max_shallow: int) -> "SkipCacheConfig":
+    def resolve(self, defaults: SkipCacheDefaults, max_shallow: int, n_units: int) -> "SkipCacheConfig":
         """Fill `None` fields from the backbone defaults and check `shallow` fits the model."""
         if max_shallow < 1:
             raise ValueError(
@@ -58,8 +58,8 @@ class SkipCacheConfig:
                 "step skips something; this model has too few"
             )
         shallow = self.shallow
-        if shallow is None:  # reference k, clamped for shallow test-size models
-            shallow = min(defaults.shallow, max_shallow)
+        if shallow is None:  # the reference k, scaled to this model's depth
+            shallow = min(defaults.shallow_for(n_units), max_shallow)
         elif shallow > max_shallow:
             raise ValueError(
                 f"shallow={shallow} is too deep for this model: with k shallow units computed at each "
@@ -92,7 +92,7 @@ PRESETS = {"skip-dit": SkipCacheConfig(), **{f"skip-dit-{n}": SkipCacheConfig(in
 class SkipCache(CacheMethod):
     @classmethod
     def resolve_config(cls, config, adapter, model):
-        return config.resolve(adapter.defaults, adapter.max_shallow(model))
+        return config.resolve(adapter.defaults, adapter.max_shallow(model), len(adapter.units(model)))
 
     def install(self) -> None:
         state = self.state

@@ -153,8 +153,9 @@ class SchedulerWatch:
     call starts a new generation, which makes generations exact even when a run was
     interrupted outside the model (e.g. in `scheduler.step`) and rerun on the same latents."""
 
-    def __init__(self, scheduler, tracker):
-        self.scheduler, self.tracker, self.active = scheduler, tracker, True
+    def __init__(self, scheduler, tracker, check=None):
+        """`check(scheduler)`, if given, runs after every `set_timesteps` and may refuse the run."""
+        self.scheduler, self.tracker, self.active, self.check = scheduler, tracker, True, check
         self.had_attr = "set_timesteps" in scheduler.__dict__
         self.inner = scheduler.set_timesteps
         scheduler.set_timesteps = self
@@ -162,7 +163,10 @@ class SchedulerWatch:
     def __call__(self, *args, **kwargs):
         if self.active:
             self.tracker.start_new_generation()
-        return self.inner(*args, **kwargs)
+        result = self.inner(*args, **kwargs)
+        if self.active and self.check is not None:
+            self.check(self.scheduler)
+        return result
 
     def __deepcopy__(self, memo):
         # a copy of the scheduler is not watched: hand it its plain method back

@@ -142,6 +142,7 @@ class _ThreadState(threading.local):
         # block input (data_ptr, shape, stride) -> (weakref to it, the context of its call):
         # activation checkpointing re-runs a block in backward with the same input tensor
         self.block_calls: dict[tuple, tuple[weakref.ref, CallContext]] = {}
+        self.pinned: CallContext | None = None  # calibration: every call uses this context
 
 
 class StepTracker:
@@ -208,6 +209,10 @@ class StepTracker:
         """Place a call; `decide(timesteps)` says whether a new step (the last of this
         generation's `timesteps`) is full."""
         thread = self._thread
+        if thread.pinned is not None:  # a calibration probe: the context it was given
+            pinned = thread.pinned
+            thread.ctx = dataclasses.replace(pinned, scratch=dict(pinned.scratch), skips={})
+            return thread.ctx
         t_value, uniform = _first_timestep(t)
         if training or t_value is None or not uniform:
             # A training step (or a call we cannot place): compute everything, and forget this
@@ -219,6 +224,9 @@ class StepTracker:
         signature = (tuple(x.shape), x.dtype, x.device) if x is not None else None
         probe = fingerprint(x) if x is not None and x.numel() else None
         gen, same_step = self._place(t_value, signature, probe)
+        # decided before anything changes: a decision that raises (a schedule made for other
+        # timesteps) leaves the tracker as it was
+        full = None if same_step else decide([*(gen.timesteps if gen is not None else ()), t_value])
         if gen is None:
             gen = self._new(signature)
             thread.live = [gen, *thread.live][:MAX_LIVE]
@@ -230,7 +238,7 @@ class StepTracker:
         else:
             gen.probe, gen.branch = probe, 0
             gen.stats.timesteps.append(t_value)
-            gen.step_full = decide(gen.timesteps)
+            gen.step_full = full
             gen.stats.pattern.append("F" if gen.step_full else "c")
             gen.stats.full_steps += gen.step_full
             gen.stats.cached_steps += not gen.step_full
@@ -287,6 +295,19 @@ class StepTracker:
         if thread.ctx is not None and thread.ctx.gen in thread.live:
             thread.live.remove(thread.ctx.gen)
         thread.ctx = None
+
+    @contextlib.contextmanager
+    def pinned(self, ctx: CallContext):
+        """Calls of the model on this thread inside the block use (a fresh copy of) `ctx`
+        instead of being placed: calibration probes a cached action at a chosen step with a
+        chosen cache, outside any generation. The caller's context is restored after."""
+        thread = self._thread
+        saved = thread.pinned, thread.ctx
+        thread.pinned = ctx
+        try:
+            yield
+        finally:
+            thread.pinned, thread.ctx = saved
 
     def start_new_generation(self) -> None:
         """The calling thread's next call starts a new generation (a pipeline set its
