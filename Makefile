@@ -17,7 +17,7 @@ $(VENV)/.installed-run: pyproject.toml $(VENV)/.torch
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
-	$(BIN)/pip install -q -e ".[zoo,dev,triton]"
+	$(BIN)/pip install -q -e ".[zoo,dev,triton,peers]"
 	touch $@
 
 setup: $(VENV)/.installed-test

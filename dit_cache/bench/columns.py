@@ -93,6 +93,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("kind", lambda g: g.spec.kind),
     Column("status", lambda g: g.status),
     Column("config", lambda g: next((p.get("config") for p in g.parts if p.get("config")), "")),
+    Column("setup", lambda g: next((p["setup"] for p in g.parts if p.get("setup")), None), export="json"),
     Column("latency_s", _latency("latency_s"), unit="s", header="latency s", fmt=".3f"),
     Column("latency_iqr_s", _latency("latency_iqr_s"), unit="s", header="IQR", fmt=".3f"),
     Column("latency_q1_s", _latency("latency_q1_s"), unit="s"),

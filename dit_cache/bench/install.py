@@ -5,9 +5,9 @@ import warnings
 
 from .applied import Applied, AppliedDitCache
 from .errors import PeerUnavailable
-from .peers import AppliedDiffusersFasterCache, AppliedDiffusersPAB
+from .peers import peer_class
 from .runners.zoo import NO_ADAPTER_METHODS
-from .specs import PEER_FASTERCACHE, PEER_PAB, MethodSpec, peer_available
+from .specs import MethodSpec, peer_available
 
 
 def apply_method(spec: MethodSpec, runner) -> Applied:
@@ -18,11 +18,10 @@ def apply_method(spec: MethodSpec, runner) -> Applied:
         raise PeerUnavailable(f"{spec.name} {NO_ADAPTER_METHODS}")
     if spec.kind == "baseline":
         return Applied(spec)
-    fastercache = spec.name == PEER_FASTERCACHE
-    ok, reason = peer_available(PEER_FASTERCACHE if fastercache else PEER_PAB)
+    ok, reason = peer_available(spec.name)
     if not ok:
         raise PeerUnavailable(reason)
-    return (AppliedDiffusersFasterCache if fastercache else AppliedDiffusersPAB)(spec, runner)
+    return peer_class(spec.name)(spec, runner)
 
 
 def validate_method(spec: MethodSpec, runner) -> str | None:

@@ -62,6 +62,7 @@ def prepare_phase(method: MethodRun, runner, seeds, prepared, config, progress, 
         if applied is None:
             return
         local["config"] = applied.config_text()
+        local["setup"] = applied.setup()
         if not seeds:
             return
         first = prepared[seeds[0]]

@@ -29,6 +29,7 @@ def run_meta(config, runner, world: int, threads, device, rows, timesteps) -> di
         "dit_cache": __version__,
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
+        "cache_dit": cache_dit_version(),  # the `peers` extra (None: not installed)
         "machine": machine_info(),
         "threads": threads if threads is not None else torch.get_num_threads(),
         "world_size": world,
@@ -77,3 +78,12 @@ def hidden_state_bytes(runner) -> int:
     dim = int(cfg.num_attention_heads) * int(cfg.attention_head_dim)
     batch = runner.s.batch * (2 if runner.cfg else 1)
     return batch * runner.latent_tokens() * dim * torch.empty((), dtype=runner.s.dtype).element_size()
+
+
+def cache_dit_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cache-dit")
+    except PackageNotFoundError:
+        return None

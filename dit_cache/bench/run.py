@@ -14,6 +14,7 @@ from .machine import choose_threads
 from .table import latency_noise
 from .measure import measure
 from .meta import run_meta
+from .peers import check_calibration_seeds
 from .results import BenchResult
 from .rows import build_rows
 from .runners import RunSettings, load_runner, resolve_dtype
@@ -35,6 +36,7 @@ def run_bench(config: BenchConfig, progress: bool = False, console=None) -> Benc
     """Run the benchmark; raises BenchInputError on bad input (before any heavy work)."""
     check_config(config)
     specs = methods_for(config.model, config.methods)
+    check_calibration_seeds(specs, config.seeds)
     device_type = torch.device(config.device).type if config.device else ("cuda" if torch.cuda.is_available() else "cpu")
     dist = setup_distributed(device_type)
     try:

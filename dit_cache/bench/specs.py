@@ -12,6 +12,21 @@ A method spec is ``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE``:
   ``dit_cache.PABConfig``.
 - ``diffusers-fastercache``: diffusers' ``apply_faster_cache``; options ``spatial_range``,
   ``temporal_range``, ``uncond_range``, ``window``, ``uncond_window``, ``attention_weight``.
+- ``diffusers-fbc``: diffusers' ``apply_first_block_cache``; option ``threshold`` (0.05).
+- ``diffusers-taylorseer``: diffusers' ``apply_taylorseer_cache`` on every block's attention
+  and feed-forward (``modules=attn+ff``, or ``attn`` / ``ff``); options ``cache_interval`` (5),
+  ``disable_cache_before_step`` (3), ``disable_cache_after_step``, ``max_order`` (1),
+  ``factors_dtype`` (the model's dtype).
+- ``diffusers-magcache``: diffusers' ``apply_mag_cache``, calibrated first with its own
+  ``calibrate=True`` pass on seeds disjoint from ``--seeds`` (``calibration_seeds``, default
+  1000000/1000001); options ``threshold`` (0.06), ``retention_ratio`` (0.2), ``max_skip_steps`` (3).
+- ``cache-dit-dbcache`` / ``cache-dit-dbcache-taylorseer`` (the ``dit-cache[peers]`` extra):
+  ``cache_dit.enable_cache`` with DBCache (+ its TaylorSeer calibrator); options ``threshold``
+  (residual_diff_threshold, 0.08), ``Fn`` (1), ``Bn`` (0), ``warmup`` (max_warmup_steps, 2),
+  ``max_cached_steps``, ``max_continuous_cached_steps``, and ``order`` (TaylorSeer, 1).
+
+A method may appear several times with different options (a threshold sweep:
+``diffusers-fbc:threshold=0.05 diffusers-fbc:threshold=0.2``).
 
 Values: integers, floats, ``true``/``false``, ``none``, a ``/``-separated tuple
 (``window=100/800``), anything else a string. Several specs can share one argument,
@@ -32,7 +47,19 @@ from .errors import BenchInputError
 UNPATCHED = "unpatched"
 PEER_PAB = "diffusers-pab"
 PEER_FASTERCACHE = "diffusers-fastercache"
-PEERS = (PEER_PAB, PEER_FASTERCACHE)
+CACHE_DIT = "cache_dit"
+#: every peer and what it needs: the diffusers function, or the cache-dit package
+PEER_NEEDS = {
+    PEER_PAB: "apply_pyramid_attention_broadcast",
+    PEER_FASTERCACHE: "apply_faster_cache",
+    "diffusers-fbc": "apply_first_block_cache",
+    "diffusers-taylorseer": "apply_taylorseer_cache",
+    "diffusers-magcache": "apply_mag_cache",
+    "cache-dit-dbcache": CACHE_DIT,
+    "cache-dit-dbcache-taylorseer": CACHE_DIT,
+}
+PEERS = tuple(PEER_NEEDS)
+DEFAULT_PEERS = (PEER_PAB, PEER_FASTERCACHE)  # in the default comparison (the others: by name)
 PAB_TRIPLE = re.compile(r"^diffusers-pab-(\d)(\d)(\d)$")
 
 #: Per config type: the presets the default comparison prefers, first match wins (and any
@@ -46,9 +73,9 @@ DEFAULT_PREFERENCES = (
 
 #: Methods benchmarked on a zoo model when none are given.
 ZOO_DEFAULT_METHODS = {
-    "mnist-dit": ["skip-dit-2", "fora-2", "fora-3", "pab-236", "pab-469"],
-    "mnist-dit-retrofit": ["skip-dit-2", "skip-dit-3", "skip-dit-4"],
-    "mnist-skip-dit": ["skip-dit-2", "skip-dit-3", "skip-dit-4"],
+    "mnist-dit": ["calibrated", "skip-dit-2", "fora-2", "fora-3", "pab-236", "pab-469"],
+    "mnist-dit-retrofit": ["calibrated", "skip-dit-2", "skip-dit-3", "skip-dit-4"],
+    "mnist-skip-dit": ["calibrated", "skip-dit-2", "skip-dit-3", "skip-dit-4"],
     "mnist-latte": ["skip-dit-2", "skip-dit-3", "fora-2", "pab-236", "pab-469"],
 }
 
@@ -72,7 +99,8 @@ class MethodSpec:
 
 
 def _spec(name: str, options: dict) -> MethodSpec:
-    label = name + (":" + ",".join(f"{k}={format_value(v)}" for k, v in options.items()) if options else "")
+    shown = name.rsplit("/", 1)[-1] if name.endswith(".json") else name  # a schedule file: its file name
+    label = shown + (":" + ",".join(f"{k}={format_value(v)}" for k, v in options.items()) if options else "")
     return MethodSpec(name=name, options=dict(options), label=label)
 
 
@@ -121,12 +149,17 @@ def _add_option(current: tuple[str, dict], key: str, value: str) -> None:
 
 
 def known_method_names() -> list[str]:
-    return [UNPATCHED, *presets(), *PEERS]
+    return [UNPATCHED, *presets(), "calibrate", "calibrated", *PEERS]
 
 
 def check_method_names(specs: list[MethodSpec]) -> None:
+    from .calibrated import check_schedule_method, is_schedule_method
+
     names = set(presets())
     for spec in specs:
+        if is_schedule_method(spec.name):
+            check_schedule_method(spec)
+            continue
         if spec.name == UNPATCHED or spec.kind == "peer" or spec.name in names:
             continue
         known = known_method_names()
@@ -147,17 +180,23 @@ def default_methods(include_peers: bool = True) -> list[str]:
         if hit is not None and hit not in chosen:
             chosen.append(hit)
     if include_peers:
-        chosen += [p for p in PEERS if peer_available(p)[0]]
+        chosen += [p for p in DEFAULT_PEERS if peer_available(p)[0]]
     return chosen
 
 
 def peer_available(name: str) -> tuple[bool, str]:
-    """Whether the installed diffusers has the peer `name` (and why not)."""
+    """Whether the peer `name` can be imported here (and why not)."""
+    attr = PEER_NEEDS[PEER_PAB if PAB_TRIPLE.match(name) else name]
+    if attr == CACHE_DIT:
+        import importlib.util
+
+        if importlib.util.find_spec(CACHE_DIT) is None:
+            return False, "cache-dit is not installed (pip install 'dit-cache[peers]')"
+        return True, ""
     try:
         import diffusers
     except ImportError:  # pragma: no cover - diffusers is a core dependency
         return False, "diffusers is not installed"
-    attr = "apply_faster_cache" if name == PEER_FASTERCACHE else "apply_pyramid_attention_broadcast"
     if not hasattr(diffusers, attr):
         return False, f"diffusers {diffusers.__version__} has no {attr}"
     return True, ""

@@ -27,10 +27,12 @@ from ..runtime.patch_state import get_state, resolve_model
 from ..runtime.registry import get_adapter
 from ..schedule_file import save_schedule
 from .probe import Prober, StepGain, output_tensor
-from .search import predicted_error, search
+from .search import plan_cost, predicted_error, search
 
 #: Calibration seeds: far from the seeds benchmarks and examples use (0, 1, 2, ...).
-CALIBRATION_SEEDS = (1_000_003, 1_000_004)
+CALIBRATION_SEEDS = (1_000_000, 1_000_001)
+#: what a speedup is counted in: transformer FLOPs, or the calls' measured time here
+COSTS = ("flops", "latency")
 
 
 @dataclass
@@ -101,14 +103,16 @@ def _pipeline_generate(pipe, steps: int, kwargs: dict) -> Callable[[int], torch.
 
 def calibrate(model_or_pipeline, speedup: float | None = 2.0, num_inference_steps: int = 20, scheduler=None, *,
               generate: Callable[[int], torch.Tensor] | None = None, max_error: float | None = None,
-              seeds=CALIBRATION_SEEDS, actions=None, max_age: int = 4, install=None, uninstall=None,
-              long_skips: bool = False, progress: bool = True, **pipeline_kwargs) -> Calibration:
+              seeds=CALIBRATION_SEEDS, actions=None, max_age: int = 4, cost: str = "flops", install=None,
+              uninstall=None, long_skips: bool = False, progress: bool = True, **pipeline_kwargs) -> Calibration:
     """A calibrated per-step plan for `num_inference_steps` steps of `scheduler`.
 
     Give a pipeline (its scheduler is used; `pipeline_kwargs` are passed to its calls, e.g.
     ``class_labels=[1, 2]`` or ``prompt="..."``), or a bare model with ``scheduler`` and
     ``generate(seed) -> output`` (one whole sampling run with that scheduler). ``speedup``: the
-    FLOP-ideal speedup to reach; or ``max_error``: the largest final-output error (RMSE as a
+    speedup to reach, in transformer FLOPs (``cost="flops"``) or in the calls' measured time on
+    this machine (``cost="latency"``: actions whose time share exceeds their FLOP share, such as
+    FORA reuse on small models, are priced as they run); or ``max_error``: the largest final-output error (RMSE as a
     share of the output's value range, so 0.05 is 26 dB PSNR) for the fastest plan. `seeds`
     must be disjoint from any seed you evaluate on. `install(config)` / `uninstall()` patch and
     unpatch the model (default `dit_cache.patch` / `unpatch`; a model trained with long-skip
@@ -116,6 +120,8 @@ def calibrate(model_or_pipeline, speedup: float | None = 2.0, num_inference_step
     model = resolve_model(model_or_pipeline)
     is_pipe = model_or_pipeline is not model
     _check_args(speedup, max_error, num_inference_steps, seeds, max_age)
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {COSTS} (what the speedup is counted in), got {cost!r}")
     scheduler = scheduler if scheduler is not None else getattr(model_or_pipeline, "scheduler", None)
     if scheduler is None:
         raise ValueError("pass scheduler=... (the diffusers scheduler generate() steps) with a bare model")
@@ -137,7 +143,9 @@ def calibrate(model_or_pipeline, speedup: float | None = 2.0, num_inference_step
     started = time.perf_counter()
     refs, prober, gain = _probe_run(model, scheduler, generate, seeds, actions, max_age, n, base, install, uninstall, progress)
     full = prober.flops["F"]
-    costs = {"F": 1.0, **{a: prober.flops[a] / full for a in actions}}
+    flop_costs = {"F": 1.0, **{a: prober.flops[a] / full for a in actions}}
+    time_costs = prober.time_shares()
+    costs = flop_costs if cost == "flops" else {"F": 1.0, **{a: time_costs[a] for a in actions}}
     table, weights = prober.table(), [g * g for g in gain.mean_gains(n)]
     spent = n * len(seeds) + prober.probe_flops / full  # in model calls of a full step
     candidates = _candidates(n, costs, table, weights, max_age, speedup, max_error)
@@ -146,13 +154,13 @@ def calibrate(model_or_pipeline, speedup: float | None = 2.0, num_inference_step
         for label, plan in candidates:
             config = StepPlanConfig(plan=plan.actions, **base)
             psnr = _evaluate(config, generate, seeds, refs, install, uninstall)
-            spent += plan.cost * n * len(seeds)
-            tried.append({"candidate": label, "plan": list(plan.actions), "flop_ratio": plan.cost,
-                          "predicted": plan.predicted, "psnr": psnr})
+            spent += plan_cost(plan.actions, flop_costs) * n * len(seeds)
+            tried.append({"candidate": label, "plan": list(plan.actions), "flop_ratio": plan_cost(plan.actions, flop_costs),
+                          "time_ratio": plan_cost(plan.actions, time_costs), "predicted": plan.predicted, "psnr": psnr})
             bar.update(advance=1)
-    best = _choose(tried, max_error)
+    best = _choose(tried, max_error, "flop_ratio" if cost == "flops" else "time_ratio")
     report = {
-        "seeds": list(seeds), "actions": costs, "max_age": max_age,
+        "seeds": list(seeds), "cost": cost, "actions": flop_costs, "action_time_shares": time_costs, "max_age": max_age,
         "target": {"speedup": speedup, "max_error": max_error},
         "psnr": best["psnr"], "error": 10 ** (-best["psnr"] / 20), "predicted": best["predicted"],
         "candidates": tried, "step_gain": gain.mean_gains(n),
@@ -242,11 +250,11 @@ def _evaluate(config, generate, seeds, refs, install, uninstall) -> float:
     return sum(values) / len(values)
 
 
-def _choose(tried: list[dict], max_error: float | None) -> dict:
+def _choose(tried: list[dict], max_error: float | None, ratio: str) -> dict:
     if max_error is None:
-        return max(tried, key=lambda c: (c["psnr"], -c["flop_ratio"]))
+        return max(tried, key=lambda c: (c["psnr"], -c[ratio]))
     floor = -20 * math.log10(max_error)
     ok = [c for c in tried if c["psnr"] >= floor]
     if not ok:
         return max(tried, key=lambda c: c["psnr"])
-    return min(ok, key=lambda c: (c["flop_ratio"], -c["psnr"]))
+    return min(ok, key=lambda c: (c[ratio], -c["psnr"]))

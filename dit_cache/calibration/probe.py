@@ -11,6 +11,8 @@ errors of different steps are compared in latent space.
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 from collections import defaultdict
 
 import torch
@@ -37,14 +39,30 @@ class Prober:
         self.counts: dict[tuple[int, str, int], int] = defaultdict(int)
         self.flops: dict[str, int] = {}  # per model call
         self.probe_flops = 0  # spent on probes (FLOPs of their actions)
+        self.seconds: dict[str, list[float]] = defaultdict(list)  # per model call, by action
         self.calls = 0
         self._history: dict[tuple[int, int], dict] = {}  # (step, branch) -> that step's stored caches
         self._generation = None
-        self._handle = model.register_forward_hook(self._after_call, with_kwargs=True)
+        self._started = 0.0
+        self._handles = [model.register_forward_pre_hook(self._before_call),
+                         model.register_forward_hook(self._after_call, with_kwargs=True)]
 
     def remove(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
         self._history.clear()
+
+    def time_shares(self) -> dict[str, float]:
+        """Median seconds of a call per action, as a share of a full call's."""
+        full = statistics.median(self.seconds["F"])
+        return {a: statistics.median(v) / full for a, v in self.seconds.items() if v}
+
+    def _sync(self, x: torch.Tensor) -> None:
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+
+    def _before_call(self, module, args):
+        self._started = time.perf_counter()
 
     def _probe(self, store: dict, step: int, branch: int, action: str, args, kwargs) -> torch.Tensor:
         gen = Generation(number=-1, caches={branch: dict(store)})
@@ -55,7 +73,11 @@ class Prober:
                     out = output_tensor(self.model.forward(*args, **kwargs))
                 self.flops[action] = counter.get_total_flops()
                 return out
-            return output_tensor(self.model.forward(*args, **kwargs))
+            started = time.perf_counter()
+            out = output_tensor(self.model.forward(*args, **kwargs))
+            self._sync(out)
+            self.seconds[action].append(time.perf_counter() - started)
+            return out
 
     def _after_call(self, module, args, kwargs, output):
         ctx = self.state.tracker.ctx
@@ -66,6 +88,8 @@ class Prober:
             self._history.clear()
         self.calls += 1
         step, branch = ctx.step, ctx.branch
+        self._sync(output_tensor(output))
+        self.seconds["F"].append(time.perf_counter() - self._started)
         full = output_tensor(output).detach().float()
         store = ctx.caches.get(branch, {})
         if "F" not in self.flops:

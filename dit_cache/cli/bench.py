@@ -8,8 +8,12 @@ from .common import COMMANDS, count, device, number
 
 _EPILOG = """\
 methods: preset names (ditcache presets), `diffusers-pab[-SST]`, `diffusers-fastercache`,
-  each optionally with overrides NAME:KEY=VALUE,KEY=VALUE (tuples as LOW/HIGH), e.g.
+  `diffusers-fbc`, `diffusers-taylorseer`, `diffusers-magcache`, and with `pip install
+  'dit-cache[peers]'` `cache-dit-dbcache`, `cache-dit-dbcache-taylorseer` (options: see
+  dit_cache.bench.specs), each optionally with overrides NAME:KEY=VALUE,KEY=VALUE (tuples as
+  LOW/HIGH); repeat a method for a sweep, e.g.
   --methods none skip-dit:interval=3,shallow=2 fora-2 pab-469 diffusers-pab-469
+  --methods diffusers-fbc:threshold=0.05 diffusers-fbc:threshold=0.2 cache-dit-dbcache:threshold=0.1
   `unpatched` (the model before any patch) and `none` are always included.
 
 examples:

@@ -20,6 +20,7 @@ COMMANDS = {
     "sample": "draw digits from a zoo model into a PNG grid (mnist-latte: a GIF)",
     "convert": "convert an original DiT / Skip-DiT / Latte-skip checkpoint to diffusers (+ adapters)",
     "bench": "latency, FLOPs, memory and fidelity of cache methods, side by side",
+    "calibrate": "calibrate a per-step cache schedule for a model, step count and speedup (writes JSON)",
     "finetune": "train long-skip adapters / a model on your data (see also torchrun)",
 }
 

@@ -56,6 +56,19 @@ def grid(images: list, columns: int, scale: int = 1):
     return canvas
 
 
+def _auto_schedule(model: str, steps: int) -> str:
+    """The zoo model's calibrated schedule when it was made for this step count, else skip-dit."""
+    import json
+
+    from .. import zoo
+
+    try:
+        made_for = json.loads(zoo.schedule_path(model).read_text(encoding="utf-8")).get("num_inference_steps")
+    except FileNotFoundError:
+        return "skip-dit"
+    return "calibrated" if made_for == steps else "auto"
+
+
 def cmd_sample(args) -> int:
     import torch
 
@@ -67,7 +80,9 @@ def cmd_sample(args) -> int:
     labels = _class_labels(args.model, args.labels)
     out = Path(args.out)
     _check_out(args.model, out, video)
-    if args.schedule not in ("auto", None):
+    if args.schedule == "auto":
+        args.schedule = _auto_schedule(args.model, args.steps)
+    if args.schedule not in ("calibrated", "auto", None):
         from ..schedules import resolve_schedule
 
         resolve_schedule(args.schedule)  # an unknown preset: one line (ValueError), before any work
@@ -111,8 +126,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=count(0), default=0, help="random seed, >= 0 (default 0)")
     p.add_argument("--guidance", type=number(0), default=2.0, help="classifier-free guidance scale, >= 0; "
                    "<= 1 turns it off (default 2.0, what the zoo was tuned for)")
-    p.add_argument("--schedule", default="auto", metavar="PRESET", help="a cache preset (ditcache presets); "
-                   "default auto: skip-dit with the trained adapters on models that have them, else none")
+    p.add_argument("--schedule", default="auto", metavar="SCHEDULE", help="a cache preset (ditcache presets), "
+                   "a schedule file, or `calibrated` (the model's shipped schedule, DDIM 20 steps); default auto: "
+                   "calibrated at its step count, else skip-dit with the trained adapters on models that have them, "
+                   "else none")
     p.add_argument("--columns", type=count(1), default=None, help="grid width (default: all in one row, up to 10)")
     p.add_argument("--scale", type=count(1), default=1, help="enlarge each 32 px sample this many times (default 1)")
     p.add_argument("--fps", type=count(1), default=4, help="GIF frames per second (mnist-latte; default 4)")

@@ -12,6 +12,8 @@ Result folder (``output_dir``)::
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from contextlib import contextmanager
 from typing import Any
@@ -64,12 +66,14 @@ def trained_adapter_schedule(schedule, options: dict) -> tuple[Any, dict] | None
     of its function: ``none`` becomes Skip-Cache with ``interval=1`` (every step full, adapters in
     place), schedules that insert adapters stay as they are, and None for those that do not
     (FORA, PAB: they would run the model without its trained skips)."""
-    from ..methods import NoCacheConfig
+    from ..methods import NoCacheConfig, StepPlanConfig
     from ..schedules import resolve_schedule
 
     config = resolve_schedule(schedule)
     if isinstance(config, NoCacheConfig):
         return "skip-dit", {"interval": 1}
+    if isinstance(config, StepPlanConfig):  # a plan runs with the trained skips in place
+        return dataclasses.replace(config, long_skips=True), options
     return (schedule, options) if config.inserts_adapters else None
 
 

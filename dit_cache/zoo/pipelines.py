@@ -234,21 +234,23 @@ def zoo_pipeline(name: str, schedule="auto", **options) -> ZooPipeline:
     """The zoo model `name` in its pipeline (`ZooVideoPipeline` for mnist-latte, else
     `ZooImagePipeline`) with a DDIM scheduler on its training noise schedule (`pixel_scheduler`).
 
-    ``schedule``: ``"auto"`` as `dit_cache.zoo.load` (models trained with long-skip adapters
-    patched with ``skip-dit`` + their adapters, vanilla models bare); a preset or config patches
-    any model with it (+ ``options``, over the zoo's Skip-Cache defaults; on adapter models
-    ``none`` = every step full with the adapters, see `trained_adapter_schedule`); None: the
-    bare transformer (for adapter models, without the skips they were trained with)."""
+    ``schedule``: ``"auto"`` (any step count): models trained with long-skip adapters patched
+    with ``skip-dit`` + their adapters, vanilla models bare; ``"calibrated"``: the model's shipped
+    per-step schedule (DDIM 20 steps only, 2x; `dit_cache.zoo.load`'s default); or a preset,
+    config or schedule file (+ ``options``; on adapter models they run with the adapters,
+    ``none`` = every step full with them, see `trained_adapter_schedule`); None: the bare
+    transformer (for adapter models, without the skips they were trained with)."""
     from diffusers import DDIMScheduler
 
     from ..api import patch
     from ..finetuning.io import trained_adapter_schedule
-    from .loader import load, meta, path, schedule_options
+    from .loader import load, meta, path, zoo_schedule
 
     info = meta(name)
     adapters = info.get("adapters") is not None
     if schedule == "auto":
         schedule = "skip-dit" if adapters else None
+    schedule = zoo_schedule(name, schedule)
     if schedule is None:
         if options:
             raise ValueError(f"options {sorted(options)} need a schedule; pass schedule='skip-dit' (or another preset)")
@@ -257,13 +259,13 @@ def zoo_pipeline(name: str, schedule="auto", **options) -> ZooPipeline:
         mapped = trained_adapter_schedule(schedule, options)
         if mapped is None:
             raise ValueError(
-                f"{schedule!r} would run {name} without its trained long-skip adapters; use 'none' or a "
-                "Skip-Cache preset (skip-dit, skip-dit-2, ...), or compare FORA / PAB on mnist-dit"
+                f"{schedule!r} would run {name} without its trained long-skip adapters; use 'none', a "
+                "Skip-Cache preset (skip-dit, skip-dit-2, ...) or a calibrated schedule, or compare FORA / PAB on mnist-dit"
             )
         model = load(name, mapped[0], **mapped[1])
     else:
         model = load(name, schedule=None)
-        patch(model, schedule, **schedule_options(name, schedule, options))
+        patch(model, schedule, **options)
     scheduler = pixel_scheduler(DDIMScheduler.from_config(DDIMScheduler.load_config(path(name) / "scheduler")),
                                 info.get("prediction_type"))
     cls = ZooVideoPipeline if spec_for_model(model).is_video else ZooImagePipeline

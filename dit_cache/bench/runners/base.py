@@ -70,8 +70,14 @@ class Runner:
     def prime(self, prepared: Any) -> None:
         """A two-step generation (a full and, for most methods, a cached step): what a method
         builds on its first calls after being installed (Skip-Cache folds its adapter weights,
-        caches and the allocator get their memory) is then not timed."""
-        self.generate(prepared, steps=min(2, self.s.steps))
+        caches and the allocator get their memory) is then not timed. A per-step plan only runs
+        the step count it was made for: it is primed with a whole generation."""
+        from ...methods.plan import StepPlanConfig
+        from ...runtime.patch_state import get_state
+
+        state = get_state(self.transformer)
+        whole = state is not None and isinstance(state.config, StepPlanConfig)
+        self.generate(prepared, steps=None if whole else min(2, self.s.steps))
 
     def modules(self) -> list[nn.Module]:
         return [self.transformer]

@@ -63,15 +63,15 @@ class ZooRunner(TransformerRunner):
         self.adapter_fusion = adapters if adapters in ("residual", "replace") else None
         self.adapter_file = adapter_file if self.adapter_fusion else None
         self._quality = None
-        self.zoo_name: str | None = None  # its Skip-Cache defaults (dit_cache.zoo.SKIP_DIT_DEFAULTS)
+        self.zoo_name: str | None = None  # its calibrated schedule (method `calibrated`)
 
-    def install_dit_cache(self, name: str, options: dict) -> None:
-        """With the zoo model's Skip-Cache defaults, and its trained adapters (see the module doc)."""
-        from ...finetuning.io import patch_with_adapters
-        from ...zoo import schedule_options
-        from ...finetuning.io import trained_adapter_schedule
+    def install_dit_cache(self, name, options: dict) -> None:
+        """With the zoo model's trained adapters (see the module doc); ``calibrated`` is its
+        shipped schedule file."""
+        from ...finetuning.io import patch_with_adapters, trained_adapter_schedule
+        from ...zoo import zoo_schedule
 
-        options = schedule_options(self.zoo_name, name, options)
+        name = zoo_schedule(self.zoo_name, name)
         if not self.adapter_fusion:
             super().install_dit_cache(name, options)
             return

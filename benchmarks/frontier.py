@@ -1,0 +1,188 @@
+"""The speed/fidelity frontier of the zoo: every method swept, side by side in one bench run per
+model, on held-out seeds; PSNR vs FLOP-ideal and vs measured speedup with each family's Pareto
+envelope, and the issue-12 targets checked.
+
+    python benchmarks/frontier.py mnist-dit mnist-dit-retrofit mnist-skip-dit mnist-latte
+    python benchmarks/frontier.py --report     # re-draw plots and the summary from the JSON
+
+Evaluation: seeds 0-4 x 20 class-balanced samples = 100 per method (Latte: 0-9 x 10 clips, per
+frame), DDIM 20, CFG 2, one thread, timed rounds interleaved over the methods. Calibrated plans
+(`calibrate:speedup=S`) and diffusers' MagCache calibrate on seeds 1000000/1000001, which the
+evaluation never sees. Results: benchmarks/results/frontier/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "results" / "frontier"
+TARGETS = (1.5, 2.0, 2.5, 3.0)
+
+CALIBRATED = [f"calibrate:speedup={s}" for s in TARGETS]
+CALIBRATED_LATENCY = [f"calibrate:speedup={s},cost=latency" for s in TARGETS]
+SKIP = ["skip-dit-2", "skip-dit-3", "skip-dit-4", "skip-dit-5"]
+FORA = ["fora-2", "fora-3", "fora-4"]
+PEERS = [
+    *[f"diffusers-fbc:threshold={t}" for t in (0.05, 0.08, 0.12, 0.2, 0.3)],
+    *[f"cache-dit-dbcache:threshold={t}" for t in (0.05, 0.1, 0.15, 0.2, 0.3)],
+    *[f"cache-dit-dbcache-taylorseer:threshold={t}" for t in (0.1, 0.2, 0.3)],
+    "diffusers-magcache:threshold=0.05", "diffusers-magcache:threshold=0.1,retention_ratio=0.1",
+    "diffusers-magcache:threshold=0.2,retention_ratio=0.05", "diffusers-magcache:threshold=0.4,retention_ratio=0.05",
+    "diffusers-magcache:threshold=0.8,retention_ratio=0.05",
+    *[f"diffusers-taylorseer:cache_interval={n},disable_cache_before_step=1,max_order=0" for n in (2, 3, 4)],
+    "diffusers-taylorseer:cache_interval=2,disable_cache_before_step=1,max_order=1",
+    "diffusers-fastercache", "diffusers-pab-236", "diffusers-pab-469",
+]
+METHODS = {
+    "mnist-dit": [*CALIBRATED, *CALIBRATED_LATENCY, *FORA, *SKIP, "pab-236", "pab-347", "pab-469", *PEERS],
+    "mnist-dit-retrofit": [*CALIBRATED, *SKIP],
+    "mnist-skip-dit": [*CALIBRATED, *SKIP],
+    "mnist-latte": [*CALIBRATED, "fora-2", "fora-3", "skip-dit-2", "skip-dit-3", "pab-236", "pab-347", "pab-469",
+                    "diffusers-pab-236", "diffusers-pab-469"],
+}
+SEEDS = {"mnist-latte": (list(range(10)), 10)}  # model -> (seeds, batch); default 5 x 20
+
+
+def family(method: str) -> str:
+    """The envelope a row belongs to (a sweep of one method is one family)."""
+    name = method.split(":")[0]
+    if name == "calibrate":
+        return "dit-cache calibrated (latency)" if "cost=latency" in method else "dit-cache calibrated"
+    for prefix, label in (("skip-dit", "dit-cache Skip-Cache"), ("fora", "dit-cache FORA"), ("pab-", "dit-cache PAB"),
+                          ("diffusers-pab", "diffusers PAB")):
+        if name.startswith(prefix):
+            return label
+    return {"diffusers-fbc": "diffusers FirstBlockCache", "cache-dit-dbcache": "cache-dit DBCache",
+            "cache-dit-dbcache-taylorseer": "cache-dit DBCache+TaylorSeer", "diffusers-magcache": "diffusers MagCache",
+            "diffusers-taylorseer": "diffusers TaylorSeer", "diffusers-fastercache": "diffusers FasterCache"}.get(name, name)
+
+
+def run(model: str) -> None:
+    import torch
+
+    from dit_cache.bench import BenchConfig, render_table, run_bench
+
+    torch.set_num_threads(1)
+    seeds, batch = SEEDS.get(model, (list(range(5)), 20))
+    command = ["python", "benchmarks/frontier.py", model]
+    config = BenchConfig(model=model, methods=METHODS[model], steps=20, batch=batch, seeds=seeds, repeats=1, warmup=1,
+                         threads=1, order="interleaved", command=command, memory=False)
+    result = run_bench(config, progress=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    result.write_json(str(OUT / f"{model}.json"))
+    result.write_csv(str(OUT / f"{model}.csv"))
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=open("/dev/null", "w"))
+    console.print(render_table(result))
+    (OUT / f"{model}.txt").write_text(console.export_text(), encoding="utf-8")
+
+
+def _rows(model: str) -> list[dict]:
+    data = json.loads((OUT / f"{model}.json").read_text(encoding="utf-8"))
+    return [r for r in data["rows"] if r.get("status") == "ok" and r["method"] not in ("unpatched", "none")]
+
+
+def envelope(rows: list[dict], speed_key: str, at: float) -> tuple[float, str] | None:
+    """Best PSNR among rows at least `at` fast (the Pareto envelope at that speed)."""
+    fast = [r for r in rows if (r.get(speed_key) or 0) >= at - 1e-9 and r.get("psnr") is not None]
+    if not fast:
+        return None
+    best = max(fast, key=lambda r: r["psnr"])
+    return best["psnr"], best["method"]
+
+
+def report(models: list[str]) -> None:
+    lines = ["# Frontier: best PSNR at each speed (envelope: any row at least that fast)", "",
+             "Made by `python benchmarks/frontier.py " + " ".join(models) + "` (see the module doc).", ""]
+    for model in models:
+        if not (OUT / f"{model}.json").is_file():
+            continue
+        rows = _rows(model)
+        plot(model, rows)
+        families = sorted({family(r["method"]) for r in rows})
+        for key, what in (("ideal_speedup", "FLOP-ideal"), ("speedup", "measured")):
+            lines += [f"## {model}: {what} speedup", "", "| family | " + " | ".join(f"{s}x" for s in TARGETS) + " |",
+                      "|---|" + "---|" * len(TARGETS)]
+            for fam in families:
+                cells = []
+                for s in TARGETS:
+                    hit = envelope([r for r in rows if family(r["method"]) == fam], key, s)
+                    cells.append(f"{hit[0]:.1f}" if hit else "-")
+                lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+            lines.append("")
+            lines += _targets(rows, key)
+        cal = [r for r in rows if family(r["method"]).startswith("dit-cache calibrated")]
+        if cal:
+            lines += ["calibrated rows: " + "; ".join(
+                f"{r['method']} ideal {r['ideal_speedup']:.2f}x measured {r['speedup']:.2f}x eff {r['efficiency']:.2f} "
+                f"{r['psnr']:.1f} dB FID {r.get('fid_mnist') or float('nan'):.1f} acc {r.get('class_acc') or float('nan'):.2f}"
+                for r in cal), ""]
+    (OUT / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+def _targets(rows: list[dict], key: str) -> list[str]:
+    ours = [r for r in rows if family(r["method"]).startswith("dit-cache calibrated")]
+    peers = [r for r in rows if not family(r["method"]).startswith("dit-cache")]
+    fora = [r for r in rows if family(r["method"]) == "dit-cache FORA"]
+    out = []
+    for s in TARGETS:
+        mine, best_peer, best_fora = envelope(ours, key, s), envelope(peers, key, s), envelope(fora, key, s)
+        if mine is None:
+            out.append(f"- {s}x: no calibrated row reaches it")
+            continue
+        peer_txt = f"best peer {best_peer[0]:.1f} dB ({best_peer[1]}): margin {mine[0] - best_peer[0]:+.1f} dB " \
+                   f"({'met' if mine[0] - best_peer[0] >= 1.0 else 'missed'})" if best_peer else "no peer reaches it"
+        fora_txt = f"FORA {best_fora[0]:.1f} dB ({'met' if mine[0] >= best_fora[0] else 'missed'})" if best_fora else "no FORA"
+        out.append(f"- {s}x: calibrated {mine[0]:.1f} dB ({mine[1]}); {peer_txt}; {fora_txt}")
+    return out + [""]
+
+
+def plot(model: str, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, (key, label) in zip(axes, (("ideal_speedup", "FLOP-ideal speedup"), ("speedup", "measured speedup (1 thread)"))):
+        for fam in sorted({family(r["method"]) for r in rows}):
+            pts = sorted((r[key], r["psnr"]) for r in rows if family(r["method"]) == fam and r.get(key) and math.isfinite(r["psnr"]))
+            if not pts:
+                continue
+            hull, best = [], -math.inf  # Pareto envelope: from the fastest down, keep rising PSNR
+            for x, y in sorted(pts, reverse=True):
+                if y > best:
+                    hull.append((x, y))
+                    best = y
+            line = "-" if fam.startswith("dit-cache") else "--"
+            (h,) = ax.plot(*zip(*sorted(hull)), line, label=fam, lw=2 if fam == "dit-cache calibrated" else 1)
+            ax.scatter(*zip(*pts), s=12, color=h.get_color())
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("PSNR dB vs uncached (held-out seeds)")
+    axes[1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"{model}: DDIM 20, CFG 2")
+    fig.tight_layout()
+    fig.savefig(OUT / f"{model}.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="*", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--report", action="store_true", help="only redraw plots and the summary")
+    args = p.parse_args(argv)
+    if not args.report:
+        for model in args.models:
+            run(model)
+    report(list(METHODS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
