@@ -184,3 +184,18 @@ def test_the_search_finds_the_least_predicted_error():
                     if p[0] == "F" and plan_cost(p, costs) <= budget + 1e-9)
         assert plan.cost <= budget + 1e-9 and plan.predicted == pytest.approx(brute)
         assert predicted_error(plan.actions, error, weights) == pytest.approx(plan.predicted)
+
+
+def test_a_latency_budget_is_met_in_the_measured_time_shares(calibrated):
+    model, sched, _ = calibrated
+    cal = dit_cache.calibrate(model, speedup=1.5, num_inference_steps=STEPS, scheduler=sched, cost="latency",
+                              generate=_generate(model), seeds=(7,), progress=False)
+    report = cal.report
+    shares = report["action_time_shares"]
+    assert report["cost"] == "latency" and shares["F"] == pytest.approx(1.0) and all(v > 0 for v in shares.values())
+    best = next(c for c in report["candidates"] if c["plan"] == list(cal.config.plan))
+    assert best["time_ratio"] == pytest.approx(sum(shares[a] for a in cal.config.plan) / STEPS)
+    assert best["time_ratio"] <= 1 / 1.5 + 1e-9
+    with pytest.raises(ValueError, match="cost must be one of"):
+        dit_cache.calibrate(model, speedup=1.5, num_inference_steps=STEPS, scheduler=sched, cost="watts",
+                            generate=_generate(model))

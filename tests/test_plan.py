@@ -81,12 +81,12 @@ def test_residual_plan_equals_diffusers_first_block_cache():
 def test_mixed_plan_counts_what_each_step_skips():
     name = "tiny-dit"
     model = _model(name)
-    plan = ("F", "S2", "F", "R1", "A", "F", "R2", "S1")
+    plan = ("F", "S2", "F", "R1", "A", "F", "R0", "S1")
     counter = ExecutionCounter(model)
     out, stats = _run(model, name, StepPlanConfig(plan=plan))
     counter.remove()
     u = model.config.num_layers
-    skipped = {"F": 0, "A": 0, "S1": u - 2, "S2": u - 4, "R1": u - 1, "R2": u - 2}
+    skipped = {"F": 0, "A": 0, "S1": u - 2, "S2": u - 4, "R0": u, "R1": u - 1, "R2": u - 2}
     assert stats["blocks_skipped"] == sum(skipped[a] for a in plan)
     assert counter.count == len(plan) * u - stats["blocks_skipped"]
     assert stats["pattern"] == "".join("F" if a == "F" else "c" for a in plan)
@@ -160,3 +160,21 @@ def test_a_copy_of_a_plan_patched_model_is_independent():
         a.step(i), b.step(i)
     assert torch.equal(a.x, expected) and torch.equal(b.x, expected)
     dit_cache.unpatch(model), dit_cache.unpatch(twin)
+
+
+def test_whole_stack_residual_plan_equals_diffusers_mag_cache():
+    """R0 reuses the residual of every block: diffusers' MagCache when it skips every step after
+    the first with unit magnitude ratios."""
+    from diffusers.hooks import MagCacheConfig, apply_mag_cache
+    from diffusers.models.cache_utils import CacheMixin
+
+    name = "tiny-dit"
+    model = _model(name)
+    out, stats = _run(model, name, StepPlanConfig(plan=("F",) + ("R0",) * (STEPS - 1)))
+    assert stats["blocks_skipped"] == (STEPS - 1) * model.config.num_layers
+    peer = copy.deepcopy(model)
+    apply_mag_cache(peer, MagCacheConfig(threshold=1e9, retention_ratio=0.0, max_skip_steps=100,
+                                         num_inference_steps=STEPS, mag_ratios=[1.0] * STEPS))
+    with CacheMixin.cache_context(peer, "cond"):
+        expected = Loop(peer, name, STEPS, 0).run()
+    assert torch.equal(out, expected)

@@ -64,13 +64,14 @@ class Calibration:
 
 
 def default_actions(model) -> list[str]:
-    """Skip-Cache and residual reuse at the depth-scaled k and twice it, and FORA reuse."""
+    """Skip-Cache at the depth-scaled k and twice it, residual reuse of the whole stack and after
+    k and 2k blocks, and FORA reuse."""
     adapter = get_adapter(model)
     units = adapter.units(model)
     k0 = adapter.defaults.shallow_for(len(units))
     out = [f"S{k}" for k in dict.fromkeys((k0, 2 * k0)) if k <= adapter.max_shallow(model)]
     if all(len(u) == 1 for u in units):
-        out += [f"R{k}" for k in dict.fromkeys((k0, 2 * k0)) if k < len(units)]
+        out += [f"R{k}" for k in dict.fromkeys((0, k0, 2 * k0)) if k < len(units)]
     if adapter.reuse_sites(model):
         out.append("A")
     return out

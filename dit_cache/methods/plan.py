@@ -8,7 +8,9 @@ Actions, on a model of U units (blocks, or Latte block pairs):
   model's long skip where it has one).
 - ``R<k>``: residual reuse, as diffusers' FirstBlockCache does: units 0..k-1 run, the rest is
   replaced by the residual (output of the last unit minus input of unit k) stored on the last
-  full step, added to the fresh input of unit k. Needs one-block units (not Latte's pairs).
+  full step, added to the fresh input of unit k. ``R0`` runs no block at all (the residual of
+  the whole stack, as MagCache / TeaCache reuse it); only the embeddings and the output layer
+  run, with the new timestep. Needs one-block units (not Latte's pairs).
 - ``A``: FORA reuse: every block runs with its attention and MLP outputs from the last full
   step, its adaLN modulation recomputed.
 
@@ -29,7 +31,7 @@ from ..runtime.tracker import CallContext, tensor_bytes
 from .base import CacheMethod
 from .layer_reuse import LayerReuseMethod
 
-ACTION = re.compile(r"^(F|A|S[1-9][0-9]*|R[1-9][0-9]*)$")
+ACTION = re.compile(r"^(F|A|S[1-9][0-9]*|R(0|[1-9][0-9]*))$")
 #: how far two timesteps may differ and still be "the same step" (schedulers compute them in fp32)
 TIMESTEP_TOLERANCE = 1e-3
 
@@ -67,7 +69,7 @@ class StepPlanConfig:
             raise ValueError(f"plan must be a non-empty list of actions (F, A, S<k>, R<k>), got {self.plan!r}")
         bad = [a for a in self.plan if not isinstance(a, str) or not ACTION.match(a)]
         if bad:
-            raise ValueError(f"unknown plan action(s) {bad[:3]}: each step is F, A, S<k> or R<k> (k >= 1)")
+            raise ValueError(f"unknown plan action(s) {bad[:3]}: each step is F, A, S<k> (k >= 1) or R<k> (k >= 0)")
         if self.plan[0] != "F":
             raise ValueError(f"a plan's first step must be F (nothing is stored before it), got {self.plan[0]!r}")
         object.__setattr__(self, "plan", tuple(self.plan))
