@@ -49,7 +49,13 @@ def load(name: str, schedule=CALIBRATED, **options):
     models trained with long skips, the model without them)."""
     from ..finetuning.io import load_finetuned  # here: reading ZOO_MODELS stays light
 
-    return load_finetuned(path(name), zoo_schedule(name, schedule), **options)
+    schedule = zoo_schedule(name, schedule)
+    model = load_finetuned(path(name), schedule, **options)
+    if schedule is not None and meta(name).get("adapters") is None:  # a vanilla model: patched as given
+        from ..api import patch
+
+        patch(model, schedule, **options)
+    return model
 
 
 def schedule_path(name: str) -> Path:
