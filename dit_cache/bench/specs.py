@@ -76,7 +76,7 @@ ZOO_DEFAULT_METHODS = {
     "mnist-dit": ["calibrated", "skip-dit-2", "fora-2", "fora-3", "pab-236", "pab-469"],
     "mnist-dit-retrofit": ["calibrated", "skip-dit-2", "skip-dit-3", "skip-dit-4"],
     "mnist-skip-dit": ["calibrated", "skip-dit-2", "skip-dit-3", "skip-dit-4"],
-    "mnist-latte": ["skip-dit-2", "skip-dit-3", "fora-2", "pab-236", "pab-469"],
+    "mnist-latte": ["calibrated", "skip-dit-2", "skip-dit-3", "fora-2", "pab-236", "pab-469"],
 }
 
 
@@ -112,7 +112,7 @@ def parse_methods(items) -> list[MethodSpec]:
         for piece in (p.strip() for p in str(item).split(",")):
             if not piece:
                 continue
-            if "=" in piece and ":" not in piece.split("=", 1)[0]:
+            if "=" in piece and ":" not in piece.split("=", 1)[0] and not piece.endswith(".json"):
                 if current is None:
                     raise BenchInputError(f"method option {piece!r} comes before any method name")
                 key, value = piece.split("=", 1)
