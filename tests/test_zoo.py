@@ -163,7 +163,7 @@ def test_quality_regression_skip_dit_2(name):
     assert row["psnr"] >= committed["psnr"][name] - 1.0, (row["psnr"], committed["psnr"][name])
 
 
-@pytest.mark.parametrize("name", ["mnist-dit", "mnist-dit-retrofit", "mnist-skip-dit"])
+@pytest.mark.parametrize("name", list(zoo.ZOO_MODELS))
 def test_zoo_load_patches_with_the_shipped_calibrated_schedule(name):
     """zoo.load's default: the plan calibrated for DDIM 20 at 2x (FLOP-ideal), with the model's
     trained adapters where it has them; other step counts are refused before any work."""
