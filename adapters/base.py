@@ -64,6 +64,13 @@ class BlockIO:
                 kwargs[name] = value
         return tuple(args), kwargs
 
+    def output_streams(self, output) -> tuple[torch.Tensor, ...]:
+        """A block's return value as its streams in `inputs` order (the inverse of `returned`)."""
+        if self.outputs is None:
+            return (output,)
+        by_name = dict(zip(self.outputs, output))
+        return tuple(by_name[name] for name in self.inputs)
+
     def returned(self, streams: tuple[torch.Tensor, ...]):
         """What the block returns for these streams: a skipped block passes its input through."""
         if self.outputs is None:

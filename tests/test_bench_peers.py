@@ -22,7 +22,8 @@ from diffusers.models.cache_utils import CacheMixin
 from dit_cache.bench import BenchConfig, BenchInputError, run_bench
 from dit_cache.bench.errors import PeerUnavailable
 from dit_cache.bench.install import apply_method
-from dit_cache.bench.peers import CALIBRATION_SEEDS, taylorseer_identifiers
+from dit_cache.bench.peers import taylorseer_identifiers
+from dit_cache.calibration import CALIBRATION_SEEDS
 from dit_cache.bench.peers.magcache import parse_ratios
 from dit_cache.bench.specs import parse_methods
 from dit_cache.cli import main

@@ -49,12 +49,31 @@ def check_schedule_method(spec: "MethodSpec") -> None:
     calibration_seeds(spec)
 
 
+#: bench methods that calibrate before they run, on `calibration_seeds` (what the error names)
+CALIBRATING = {CALIBRATE: "", "diffusers-magcache": "MagCache "}
+
+
 def calibration_seeds(spec: "MethodSpec") -> tuple[int, ...]:
+    """The ``calibration_seeds`` option of a calibrating method (default `CALIBRATION_SEEDS`)."""
     value = spec.options.get("calibration_seeds", CALIBRATION_SEEDS)
     seeds = value if isinstance(value, tuple) else (value,)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise BenchInputError(f"{spec.label}: calibration_seeds must be integer seeds like 1000000/1000001, got {value!r}")
-    return seeds
+    if not seeds or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and float(s).is_integer()
+                            and 0 <= s < 2**63 for s in seeds):
+        raise BenchInputError(f"{spec.name}: calibration_seeds must be integer seeds like 1000000/1000001, "
+                              f"got {format_value(value)!r}")
+    return tuple(int(s) for s in seeds)
+
+
+def check_calibration_seeds(specs: list["MethodSpec"], seeds) -> None:
+    """BenchInputError when a calibrating method would calibrate on an evaluation seed."""
+    for spec in specs:
+        if spec.name in CALIBRATING:
+            shared = sorted(set(calibration_seeds(spec)) & set(seeds))
+            if shared:
+                raise BenchInputError(
+                    f"{spec.label}: seed(s) {shared} are both {CALIBRATING[spec.name]}calibration and evaluation "
+                    "seeds; choose other --seeds or calibration_seeds=A/B"
+                )
 
 
 def calibrated_plan(spec: "MethodSpec", runner):

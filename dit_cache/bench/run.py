@@ -14,7 +14,7 @@ from .machine import choose_threads
 from .table import latency_noise
 from .measure import measure
 from .meta import run_meta
-from .peers import check_calibration_seeds
+from .calibrated import check_calibration_seeds
 from .results import BenchResult
 from .rows import build_rows
 from .runners import RunSettings, load_runner, resolve_dtype

@@ -80,8 +80,7 @@ def search(n_steps: int, costs: dict[str, float], error: dict[tuple[int, str, in
         age = came_from
     plan.append("F")
     plan.reverse()
-    cost = sum(costs[a] for a in plan) / n_steps
-    return Plan(tuple(plan), predicted, cost)
+    return Plan(tuple(plan), predicted, plan_cost(plan, costs))
 
 
 def plan_cost(plan, costs: dict[str, float]) -> float:

@@ -184,6 +184,7 @@ class StepPlan(LayerReuseMethod):
             ctx.full = True
             ctx.stats.count("forced_full_calls")
         ctx.scratch["action"] = action
+        ctx.scratch["parsed_action"] = parse_action(action)
 
     def _has_cache(self, ctx: CallContext, action: str) -> bool:
         store = ctx.caches.get(ctx.branch)
@@ -202,7 +203,7 @@ class StepPlan(LayerReuseMethod):
     # -- blocks ------------------------------------------------------------------------------
     def block_forward(self, hook, ctx: CallContext, args: tuple, kwargs: dict):
         unit, position = hook.where
-        kind, k = parse_action(ctx.scratch.get("action", "F"))
+        kind, k = ctx.scratch.get("parsed_action", ("F", 0))
         store = ctx.caches.setdefault(ctx.branch, {}) if ctx.tracked else None
         storing = kind == "F" and store is not None and not ctx.replay
         streams = self.io.read(args, kwargs)  # image stream first: (B, L, D)
@@ -233,9 +234,7 @@ class StepPlan(LayerReuseMethod):
             args, kwargs = self.io.write(args, kwargs, streams)
         output = hook.run(args, kwargs)
         if storing and self.residual_k and unit == self.n_units - 1 and position == self.last_position:
-            out = (output,) if isinstance(output, torch.Tensor) else tuple(output)
-            out = dict(zip(self.io.outputs or self.io.inputs, out))
-            out = tuple(out[name] for name in self.io.inputs)
+            out = self.io.output_streams(output)
             for r in self.residual_k:
                 base = ctx.scratch.pop(f"residual_in:{r}")
                 store[f"resid:{r}"] = tuple((o - b).detach() for o, b in zip(out, base))

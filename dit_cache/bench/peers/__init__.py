@@ -8,7 +8,7 @@ from .attention import AppliedDiffusersFasterCache, AppliedDiffusersPAB, pab_pee
 from .blocks import AppliedDiffusersFBC, AppliedDiffusersTaylorSeer, taylorseer_identifiers
 from .cachedit import AppliedCacheDiT, AppliedCacheDiTTaylorSeer, ModuleSnapshot
 from .hooks import PeerHooks
-from .magcache import CALIBRATION_SEEDS, PEER_MAGCACHE, AppliedDiffusersMagCache, check_calibration_seeds
+from .magcache import PEER_MAGCACHE, AppliedDiffusersMagCache
 
 PEER_CLASSES: dict[str, type[PeerHooks]] = {
     PEER_PAB: AppliedDiffusersPAB,
@@ -26,7 +26,7 @@ def peer_class(name: str) -> type[PeerHooks]:
 
 
 __all__ = [
-    "CALIBRATION_SEEDS", "PEER_CLASSES", "AppliedCacheDiT", "AppliedCacheDiTTaylorSeer", "AppliedDiffusersFBC",
+    "PEER_CLASSES", "AppliedCacheDiT", "AppliedCacheDiTTaylorSeer", "AppliedDiffusersFBC",
     "AppliedDiffusersFasterCache", "AppliedDiffusersMagCache", "AppliedDiffusersPAB", "AppliedDiffusersTaylorSeer",
-    "ModuleSnapshot", "PeerHooks", "check_calibration_seeds", "pab_peer_config", "peer_class", "taylorseer_identifiers",
+    "ModuleSnapshot", "PeerHooks", "pab_peer_config", "peer_class", "taylorseer_identifiers",
 ]

@@ -13,7 +13,7 @@ import io
 import weakref
 
 from ..._common.options import format_value
-from ...calibration.api import CALIBRATION_SEEDS  # the seeds dit_cache.calibrate uses too
+from ..calibrated import calibration_seeds
 from ..errors import BenchInputError, PeerUnavailable
 from ..specs import MethodSpec
 from .hooks import PeerHooks, check_block_chain, check_options, number
@@ -21,34 +21,6 @@ from .hooks import PeerHooks, check_block_chain, check_options, number
 PEER_MAGCACHE = "diffusers-magcache"
 MAGCACHE_OPTIONS = ("threshold", "retention_ratio", "max_skip_steps", "calibration_seeds")
 _RATIOS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # runner -> {(steps, seeds): ratios}
-
-
-def calibration_seeds(spec: MethodSpec) -> tuple[int, ...]:
-    value = spec.options.get("calibration_seeds", CALIBRATION_SEEDS)
-    seeds = value if isinstance(value, tuple) else (value,)
-    if not seeds or not all(isinstance(s, (int, float)) and float(s).is_integer() and 0 <= s < 2**63 for s in seeds):
-        raise BenchInputError(f"{spec.name}: calibration_seeds must be integer seeds like 1000000/1000001, "
-                              f"got {format_value(value)!r}")
-    return tuple(int(s) for s in seeds)
-
-
-def check_calibration_seeds(specs: list[MethodSpec], seeds) -> None:
-    """BenchInputError when a MagCache spec would calibrate on an evaluation seed."""
-    from ..calibrated import CALIBRATE, calibration_seeds as plan_calibration_seeds
-
-    for spec in specs:
-        if spec.name == CALIBRATE:
-            shared = sorted(set(plan_calibration_seeds(spec)) & set(seeds))
-            if shared:
-                raise BenchInputError(f"{spec.label}: seed(s) {shared} are both calibration and evaluation seeds; "
-                                      "choose other --seeds or calibration_seeds=A/B")
-        if spec.name == PEER_MAGCACHE:
-            shared = sorted(set(calibration_seeds(spec)) & set(seeds))
-            if shared:
-                raise BenchInputError(
-                    f"{spec.label}: seed(s) {shared} are both MagCache calibration and evaluation seeds; "
-                    "choose other --seeds or calibration_seeds=A/B"
-                )
 
 
 def parse_ratios(printed: str) -> list[float]:
