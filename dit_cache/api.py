@@ -71,7 +71,8 @@ def _insert_adapters(model: nn.Module, state: PatchState) -> nn.ModuleDict:
     return lscs
 
 
-def patch(model_or_pipeline, schedule="skip-dit", *, fusion=None, kernel="auto", attention=None, **options):
+def patch(model_or_pipeline, schedule="skip-dit", *, fusion=None, kernel="auto", attention=None, adapters=None,
+          **options):
     """Install long-skip adapters (where the backbone lacks them) and a cache schedule, in place.
 
     `schedule` is a preset name (see `dit_cache.presets()`) or a config object; `options`
@@ -79,6 +80,8 @@ def patch(model_or_pipeline, schedule="skip-dit", *, fusion=None, kernel="auto",
     when inserting: function-preserving) or ``"replace"`` (the Skip-DiT reference op).
     Returns the patched model itself, as `module.to()` and `module.eval()` do (so
     `model = patch(model)` reads as usual; `dit_cache.stats(model)` says what is installed).
+    `adapters`: a file of trained adapter weights (`dit_cache.save_adapters`, e.g. from
+    `dit_cache.train_cache_aware`) loaded into the inserted adapters.
     On any error the model is left exactly as it was."""
     model = resolve_model(model_or_pipeline)
     existing = get_state(model)
@@ -92,6 +95,17 @@ def patch(model_or_pipeline, schedule="skip-dit", *, fusion=None, kernel="auto",
     method_cls = get_method(config)
     config = method_cls.resolve_config(config, adapter, model)
     fusion = _check_fusion(adapter, fusion)
+    if adapters is not None and adapter.native_skips:
+        raise ValueError(
+            f"adapters={adapters!r}: {type(model).__name__}'s long skips are its own weights (native skips), "
+            "not inserted adapters; load them with dit_cache.load_adapters(model, path) or from_pretrained"
+        )
+    if adapters is not None and not config.inserts_adapters:
+        raise ValueError(
+            f"adapters={adapters!r}: {getattr(config, 'name', type(config).__name__)} does not insert long-skip "
+            "adapters on this model, so there is nothing to load them into. Use a Skip-Cache schedule "
+            "('skip-dit'; interval=1 computes every step with them) or a plan with long_skips=True"
+        )
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if attention not in ATTENTION_BACKENDS:
@@ -113,6 +127,14 @@ def patch(model_or_pipeline, schedule="skip-dit", *, fusion=None, kernel="auto",
     state = PatchState(model=model, adapter=adapter, config=config, fusion=fusion, kernel=kernel)
     scheduler = getattr(model_or_pipeline, "scheduler", None) if model_or_pipeline is not model else None
     _install(model, state, method_cls, attention=attention, scheduler=scheduler)
+    if adapters is not None:
+        from .runtime.adapter_io import load_adapters
+
+        try:
+            load_adapters(model, adapters)
+        except BaseException:
+            _remove(model, state)
+            raise
     return model
 
 

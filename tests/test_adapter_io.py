@@ -8,6 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import dit_cache
+from dit_cache.runtime.patch_state import get_state
 from dit_cache.testing import build_transformer, transformer_inputs
 
 
@@ -118,3 +119,29 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         dit_cache.save_adapters(model, path)
     assert path.read_bytes() == original and os.listdir(tmp_path) == ["adapters.safetensors"]
+
+
+def test_patch_loads_an_adapter_file_all_or_nothing(tmp_path, name, model):
+    if name == "tiny-hunyuan":  # native skips are the model's own weights
+        with pytest.raises(ValueError, match="native skips"):
+            dit_cache.patch(model, "skip-dit", adapters=tmp_path / "none.safetensors")
+        assert get_state(model) is None
+        return
+    original = _out(model, name)
+    trained = copy.deepcopy(model)
+    dit_cache.patch(trained, "skip-dit")
+    _randomise_adapters(trained, seed=3)
+    path = tmp_path / "adapters.safetensors"
+    dit_cache.save_adapters(trained, path)
+    dit_cache.patch(model, "skip-dit", adapters=path)
+    assert torch.equal(_out(model, name), _out(trained, name)) and not torch.equal(_out(model, name), original)
+    dit_cache.unpatch(model)
+    with pytest.raises(ValueError, match="does not insert long-skip adapters"):
+        dit_cache.patch(model, "fora", adapters=path)
+    assert get_state(model) is None
+    other = build_transformer({"tiny-dit": "tiny-latte", "tiny-latte": "tiny-dit"}[name])
+    dit_cache.patch(other, "skip-dit")
+    dit_cache.save_adapters(other, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError):
+        dit_cache.patch(model, "skip-dit", adapters=tmp_path / "other.safetensors")
+    assert get_state(model) is None and torch.equal(_out(model, name), original)

@@ -10,6 +10,8 @@ import torch
 
 import dit_cache
 from dit_cache.testing import build_transformer
+from dit_cache.runtime import tracker as tracker_module
+from dit_cache.runtime.patch_state import get_state
 from loops import CACHING_METHODS, Loop, patch_caching
 
 METHODS = CACHING_METHODS
@@ -85,6 +87,54 @@ def test_gradient_checkpointing_on_cached_steps(name, model, method):
     (out_a, grads_a), (out_b, grads_b) = results
     assert torch.allclose(out_a, out_b, atol=1e-6) and grads_a.keys() == grads_b.keys() and grads_a
     assert all(torch.allclose(grads_a[k], grads_b[k], atol=1e-5, rtol=1e-4) for k in grads_a)
+
+
+def test_grad_enabled_sampling_remembers_no_block_calls_without_checkpointing(name, model, method):
+    """Without checkpointing nothing recomputes a block in backward: grad-enabled cached calls
+    (cache-aware training makes hundreds) must not pile up their contexts and caches."""
+    model.requires_grad_(True)
+    _patch(model, method)
+    tracker = get_state(model).tracker
+    for seed in range(3):
+        Loop(model, name, 4, seed=seed, grad=True).run().square().mean().backward()
+    assert _cached(model) > 0 and len(tracker._thread.block_calls) == 0
+
+
+def test_checkpointed_block_calls_stay_bounded(name, model, method, monkeypatch):
+    """With checkpointing, grad-enabled block calls are remembered for their recomputation in
+    backward: the table keeps at most BLOCK_CALLS_MAX of them, and the gradients stay right."""
+    if not model._supports_gradient_checkpointing:
+        pytest.skip(f"diffusers' {type(model).__name__} has no gradient checkpointing")
+    model.requires_grad_(True)
+    plain = copy.deepcopy(model)
+    _patch(plain, method)
+    _patch(model, method)
+    model.enable_gradient_checkpointing()
+    tracker = get_state(model).tracker
+    Loop(model, name, 4, seed=0, grad=True).run().square().mean().backward()
+    per_graph = len(tracker._thread.block_calls)
+    monkeypatch.setattr(tracker_module, "BLOCK_CALLS_MAX", 2 * per_graph)
+    for seed in range(1, 7):
+        for m in (model, plain):
+            m.zero_grad(set_to_none=True)
+            Loop(m, name, 4, seed=seed, grad=True).run().square().mean().backward()
+        assert len(tracker._thread.block_calls) <= 2 * per_graph + tracker_module.BLOCK_CALLS_SWEEP
+    grads = {n: p.grad for n, p in plain.named_parameters() if p.grad is not None}
+    assert grads and all(torch.allclose(p.grad, grads[n], atol=1e-5, rtol=1e-4)
+                         for n, p in model.named_parameters() if p.grad is not None)
+
+
+def test_a_block_recomputed_without_the_models_checkpointing_is_refused(name, model, method):
+    """torch.utils.checkpoint around the whole model recomputes blocks dit-cache never saw the
+    forward of: a clear error, not a recomputation under another step's decisions."""
+    from torch.utils.checkpoint import checkpoint
+
+    model.requires_grad_(True)
+    _patch(model, method)
+    loop = Loop(model, name, 4, seed=1)
+    out = checkpoint(lambda x: model(hidden_states=x, **loop.kw)[0], loop.x.requires_grad_(True), use_reentrant=False)
+    with pytest.raises(RuntimeError, match="enable_gradient_checkpointing"):
+        out.square().mean().backward()
 
 
 def test_a_training_step_then_cached_sampling(tmp_path, name, model, method):

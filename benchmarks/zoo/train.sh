@@ -4,6 +4,7 @@
 #   bash benchmarks/zoo/train.sh mnist-dit mnist-skip-dit   # the pair can run side by side
 #   bash benchmarks/zoo/train.sh mnist-dit-retrofit mnist-latte-base
 #   bash benchmarks/zoo/train.sh mnist-latte                          # after mnist-latte-base
+#   bash benchmarks/zoo/train.sh mnist-latte-more                     # after mnist-latte
 # Results go to $ZOO_RUNS/<name> (default /tmp/zoo-runs); `python benchmarks/zoo/export.py`
 # copies the shipped files (fp16 weights, config, command, log) into dit_cache/zoo/.
 set -euo pipefail
@@ -34,6 +35,11 @@ for name in "$@"; do
       run "$name" --model "$RUNS/mnist-latte-base/transformer" --scheduler-config "$RUNS/mnist-latte-base/scheduler" \
           --adapters none --full-steps 2800 --lr 1e-3 "${COMMON[@]/mnist/moving-mnist}" --batch-size 8 --seed 1 \
           --checkpoint-every 400 & ;;
+    mnist-latte-more)  # needs mnist-latte: 2400 more steps at half the rate (per-frame class accuracy 0.44
+      # after mnist-latte; the issue asks for 0.5), a third data order (seed 2)
+      run "$name" --model "$RUNS/mnist-latte/transformer" --scheduler-config "$RUNS/mnist-latte/scheduler" \
+          --adapters none --full-steps 2400 --lr 5e-4 "${COMMON[@]/mnist/moving-mnist}" --batch-size 8 --seed 2 \
+          --warmup-steps 50 --checkpoint-every 400 & ;;
     *) echo "unknown zoo model $name" >&2; exit 2 ;;
   esac
 done

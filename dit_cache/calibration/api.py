@@ -146,10 +146,12 @@ def calibrate(model_or_pipeline, speedup: float | None = 2.0, num_inference_step
     full = prober.flops["F"]
     flop_costs = {"F": 1.0, **{a: prober.flops[a] / full for a in actions}}
     time_costs = prober.time_shares()
+    overhead = prober.overhead_share()
     costs = flop_costs if cost == "flops" else {"F": 1.0, **{a: time_costs[a] for a in actions}}
     table, weights = prober.table(), [g * g for g in gain.mean_gains(n)]
     spent = n * len(seeds) + prober.probe_flops / full  # in model calls of a full step
-    candidates = _candidates(n, costs, table, weights, max_age, speedup, max_error)
+    candidates = _candidates(n, costs, table, weights, max_age, speedup, max_error,
+                             overhead if cost == "latency" else 0.0)
     tried = []
     with ProgressBar("calibrate: candidate plans", len(candidates), enabled=progress) as bar:
         for label, plan in candidates:
@@ -157,11 +159,13 @@ def calibrate(model_or_pipeline, speedup: float | None = 2.0, num_inference_step
             psnr = _evaluate(config, generate, seeds, refs, install, uninstall)
             spent += plan_cost(plan.actions, flop_costs) * n * len(seeds)
             tried.append({"candidate": label, "plan": list(plan.actions), "flop_ratio": plan_cost(plan.actions, flop_costs),
-                          "time_ratio": plan_cost(plan.actions, time_costs), "predicted": plan.predicted, "psnr": psnr})
+                          "time_ratio": (plan_cost(plan.actions, time_costs) + overhead) / (1 + overhead),
+                          "predicted": plan.predicted, "psnr": psnr})
             bar.update(advance=1)
     best = _choose(tried, max_error, "flop_ratio" if cost == "flops" else "time_ratio")
     report = {
-        "seeds": list(seeds), "cost": cost, "actions": flop_costs, "action_time_shares": time_costs, "max_age": max_age,
+        "seeds": list(seeds), "cost": cost, "actions": flop_costs, "action_time_shares": time_costs,
+        "step_overhead_share": overhead, "max_age": max_age,
         "target": {"speedup": speedup, "max_error": max_error},
         "psnr": best["psnr"], "error": 10 ** (-best["psnr"] / 20), "predicted": best["predicted"],
         "candidates": tried, "step_gain": gain.mean_gains(n),
@@ -214,7 +218,10 @@ def _probe_run(model, scheduler, generate, seeds, actions, max_age, n, base, ins
     return refs, prober, gain
 
 
-def _candidates(n, costs, table, weights, max_age, speedup, max_error):
+def _candidates(n, costs, table, weights, max_age, speedup, max_error, overhead=0.0):
+    """Plans for each error model and budget. `overhead`: the loop's time per step outside the
+    model, as a share of a full call: a time budget 1/s of the whole run leaves the model calls
+    (1 + overhead) / s - overhead."""
     kinds = {a: parse_action(a)[0] for a in costs if a != "F"}
     variants = [("gain-weighted", weights, costs), ("unweighted", [1.0] * n, costs)]
     for kind in sorted(set(kinds.values())):
@@ -222,10 +229,8 @@ def _candidates(n, costs, table, weights, max_age, speedup, max_error):
         variants.append((f"{kind} only", weights, only))
     out, seen = [], set()
     for label, w, c in variants:
-        if max_error is not None:
-            budgets = [1 / s for s in (1.25, 1.5, 2.0, 2.5, 3.0, 4.0)]
-        else:
-            budgets = [1 / speedup]
+        speedups = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0) if max_error is not None else (speedup,)
+        budgets = [b for b in ((1 + overhead) / s - overhead for s in speedups) if b > 0]
         for budget in budgets:
             try:
                 plan = search(n, c, table, w, max_age, budget=budget)

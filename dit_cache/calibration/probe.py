@@ -41,6 +41,8 @@ class Prober:
         self.probe_flops = 0  # spent on probes (FLOPs of their actions)
         self.seconds: dict[str, list[float]] = defaultdict(list)  # per model call, by action
         self.calls = 0
+        self.gaps: list[float] = []  # seconds between a call's end and the next call (the loop's own work)
+        self._ended: float | None = None
         self._history: dict[tuple[int, int], dict] = {}  # (step, branch) -> that step's stored caches
         self._generation = None
         self._started = 0.0
@@ -57,12 +59,23 @@ class Prober:
         full = statistics.median(self.seconds["F"])
         return {a: statistics.median(v) / full for a, v in self.seconds.items() if v}
 
+    def overhead_share(self) -> float:
+        """Median seconds the sampling loop spends between two calls (scheduler step, CFG
+        arithmetic), as a share of a full call's: paid on every step, cached or not. The median
+        ignores the few gaps between generations."""
+        if not self.gaps:
+            return 0.0
+        return statistics.median(self.gaps) / statistics.median(self.seconds["F"])
+
     def _sync(self, x: torch.Tensor) -> None:
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
 
     def _before_call(self, module, args):
         self._started = time.perf_counter()
+        if self._ended is not None:
+            self.gaps.append(self._started - self._ended)
+            self._ended = None
 
     def _probe(self, store: dict, step: int, branch: int, action: str, args, kwargs) -> torch.Tensor:
         gen = Generation(number=-1, caches={branch: dict(store)})
@@ -107,6 +120,7 @@ class Prober:
         self._history[(step, branch)] = dict(store)
         for key in [k for k in self._history if k[0] <= step - self.max_age]:
             del self._history[key]
+        self._ended = time.perf_counter()
         return None
 
     def table(self) -> dict[tuple[int, str, int], float]:

@@ -64,7 +64,8 @@ class DispatchHook(ModelHook):
             return self.fn_ref.original_forward(*args, **kwargs)
         if self.counts_blocks and ctx.tracked and torch.is_grad_enabled():
             x = self.state.adapter.block_io.read(args, kwargs)[0]
-            ctx = tracker.context_of_block_call(x, ctx)
+            checkpointing = bool(getattr(self.state.model, "gradient_checkpointing", False))
+            ctx = tracker.context_of_block_call(x, ctx, remember=checkpointing)
             if ctx.replay:
                 with tracker.replaying(ctx):
                     return self._entry(self, ctx, args, kwargs)

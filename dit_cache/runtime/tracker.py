@@ -133,6 +133,13 @@ def _in_backward() -> bool:
     return task_id is not None and task_id() != -1
 
 
+#: smallest size of the block-call table at which dead entries are swept
+BLOCK_CALLS_SWEEP = 64
+#: most block calls of checkpointed models remembered for recomputation in backward (a
+#: training step of a 28-block DiT with CFG makes 56)
+BLOCK_CALLS_MAX = 1024
+
+
 class _ThreadState(threading.local):
     def __init__(self):
         self.live: list[Generation] = []  # most recent first
@@ -142,6 +149,7 @@ class _ThreadState(threading.local):
         # block input (data_ptr, shape, stride) -> (weakref to it, the context of its call):
         # activation checkpointing re-runs a block in backward with the same input tensor
         self.block_calls: dict[tuple, tuple[weakref.ref, CallContext]] = {}
+        self.block_calls_sweep = BLOCK_CALLS_SWEEP  # table size at which dead entries are dropped
         self.pinned: CallContext | None = None  # calibration: every call uses this context
 
 
@@ -158,22 +166,38 @@ class StepTracker:
         return thread.replaying if thread.replaying is not None else thread.ctx
 
     # -- activation checkpointing: a block recomputed in backward gets its call's context -----
-    def context_of_block_call(self, x: torch.Tensor, ctx: CallContext) -> CallContext:
+    def context_of_block_call(self, x: torch.Tensor, ctx: CallContext, remember: bool) -> CallContext:
         """The context for a grad-enabled block call with input `x`. Activation checkpointing
         recomputes a block inside backward with the very input of its forward call: that call
-        gets the forward's context (marked `replay`); any other call gets `ctx`, remembered."""
+        gets the forward's context (marked `replay`); any other call gets `ctx`, remembered
+        when `remember` (the model checkpoints its blocks: nothing else recomputes them)."""
         calls = self._thread.block_calls
         key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device)
         if _in_backward():
             known = calls.get(key)
-            if known is not None and known[0]() is x:
-                # per-call counters (scratch keys "count:...") restart for the recomputed block
-                scratch = {k: v for k, v in known[1].scratch.items() if not k.startswith("count:")}
-                return dataclasses.replace(known[1], replay=True, scratch=scratch)
+            if known is None or known[0]() is not x:
+                raise RuntimeError(
+                    "a patched transformer block is recomputed in backward (activation checkpointing) but its "
+                    "forward call was not recorded: enable checkpointing with the model's "
+                    "enable_gradient_checkpointing() (diffusers), which dit-cache follows, rather than wrapping "
+                    "blocks in torch.utils.checkpoint yourself"
+                )
+            # per-call counters (scratch keys "count:...") restart for the recomputed block
+            scratch = {k: v for k, v in known[1].scratch.items() if not k.startswith("count:")}
+            return dataclasses.replace(known[1], replay=True, scratch=scratch)
+        if not remember:
             return ctx
-        if len(calls) > 4096:  # drop calls whose inputs are gone
+        thread = self._thread
+        if len(calls) >= thread.block_calls_sweep:
+            # Drop the entries whose input is gone (its graph was freed), then the oldest beyond
+            # BLOCK_CALLS_MAX: an entry holds its call's context, whose skips are the inputs of
+            # other blocks, so entries of one call keep each other alive. A backward reaching
+            # further back than the kept ones raises above instead of recomputing wrongly.
             for k in [k for k, (ref, _) in calls.items() if ref() is None]:
                 del calls[k]
+            for k in list(calls)[: max(0, len(calls) - BLOCK_CALLS_MAX // 2)] if len(calls) > BLOCK_CALLS_MAX else ():
+                del calls[k]
+            thread.block_calls_sweep = max(BLOCK_CALLS_SWEEP, 2 * len(calls))
         calls[key] = (weakref.ref(x), ctx)
         return ctx
 
