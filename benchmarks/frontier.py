@@ -5,6 +5,7 @@ envelope, and the issue-12 targets checked.
     python benchmarks/frontier.py mnist-dit mnist-dit-retrofit mnist-skip-dit mnist-latte
     python benchmarks/frontier.py --latency mnist-dit   # re-time its rows on a quiet machine (3 rounds)
     python benchmarks/frontier.py --report     # re-draw plots and the summary from the JSON
+    python benchmarks/frontier.py mnist-dit --add calibrate:speedup=3.0,max_age=6   # more rows
 
 Evaluation: seeds 0-4 x 20 class-balanced samples = 100 per method (Latte: 0-1 x 10 clips, per
 frame), DDIM 20, CFG 2, one thread, timed rounds interleaved over the methods. Calibrated plans
@@ -81,6 +82,30 @@ def run(model: str) -> None:
     console = Console(width=200, record=True, file=open("/dev/null", "w"))
     console.print(render_table(result))
     (OUT / f"{model}.txt").write_text(console.export_text(), encoding="utf-8")
+
+
+def add(model: str, methods: list[str]) -> None:
+    """Run `methods` on the fidelity run's seeds and put their rows into <model>.json (replacing
+    rows of the same method): PSNR and FLOP-ideal speedups do not depend on the machine's load;
+    measured speedups come from the quiet re-timing (`--latency`) of every row side by side."""
+    import torch
+
+    from dit_cache.bench import BenchConfig, run_bench
+    from dit_cache.bench.results import write_csv, write_json
+
+    torch.set_num_threads(1)
+    seeds, batch = SEEDS.get(model, (list(range(5)), 20))
+    config = BenchConfig(model=model, methods=methods, steps=20, batch=batch, seeds=seeds, repeats=1, warmup=1,
+                         threads=1, order="interleaved", memory=False,
+                         command=["python", "benchmarks/frontier.py", model, "--add", *methods])
+    extra = run_bench(config, progress=True)
+    path = OUT / f"{model}.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    new = {r["method"]: dict(r, added_by=config.command) for r in extra.to_dict()["rows"]
+           if r["method"] not in ("unpatched", "none")}
+    data["rows"] = [r for r in data["rows"] if r["method"] not in new] + list(new.values())
+    write_json(data, str(path))
+    write_csv(data["rows"], str(OUT / f"{model}.csv"))
 
 
 def plan_file(method: str) -> str:
@@ -233,11 +258,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("models", nargs="*", metavar="MODEL", help=f"default: all of {', '.join(METHODS)}")
     p.add_argument("--report", action="store_true", help="only redraw plots and the summary")
     p.add_argument("--latency", action="store_true", help="re-time finished runs (quiet machine), then report")
+    p.add_argument("--add", nargs="+", metavar="METHOD", help="run these methods on MODEL's seeds and add their rows")
     args = p.parse_args(argv)
     unknown = sorted(set(args.models) - set(METHODS))
     if unknown:
         p.error(f"unknown model(s) {unknown}; choose from {', '.join(METHODS)}")
-    if args.latency:
+    if args.add:
+        if len(args.models) != 1:
+            p.error("--add needs exactly one MODEL")
+        add(args.models[0], args.add)
+    elif args.latency:
         for model in args.models:
             latency(model)
     elif not args.report:
