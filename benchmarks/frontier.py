@@ -25,6 +25,9 @@ TARGETS = (1.5, 2.0, 2.5, 3.0)
 
 CALIBRATED = [f"calibrate:speedup={s}" for s in TARGETS]
 CALIBRATED_LATENCY = [f"calibrate:speedup={s},cost=latency" for s in TARGETS]
+# cached steps up to 6 steps after their full one (default 4), and a latency plan aimed past 3x
+CALIBRATED_MORE = ["calibrate:speedup=3.0,max_age=6", "calibrate:speedup=3.5,cost=latency",
+                   *(f"calibrate:speedup={s},cost=latency,max_age=6" for s in TARGETS[1:])]
 SKIP = ["skip-dit-2", "skip-dit-3", "skip-dit-4", "skip-dit-5"]
 FORA = ["fora-2", "fora-3", "fora-4"]
 PEERS = [
@@ -39,7 +42,7 @@ PEERS = [
     "diffusers-fastercache", "diffusers-pab-236", "diffusers-pab-469",
 ]
 METHODS = {
-    "mnist-dit": [*CALIBRATED, *CALIBRATED_LATENCY, *FORA, *SKIP, "pab-236", "pab-347", "pab-469", *PEERS],
+    "mnist-dit": [*CALIBRATED, *CALIBRATED_LATENCY, *CALIBRATED_MORE, *FORA, *SKIP, "pab-236", "pab-347", "pab-469", *PEERS],
     "mnist-dit-retrofit": [*CALIBRATED, *SKIP],
     "mnist-skip-dit": [*CALIBRATED, *SKIP],
     # Latte calibrates at ~7 min each here: the speeds of its baselines (PAB-469 ~1.2x, FORA-2/3)
