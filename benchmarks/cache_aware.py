@@ -80,7 +80,7 @@ class _Recorder:
     """Records every tracked call of a patched model: inputs, step, branch and output."""
 
     def __init__(self, model, state):
-        self.state, self.calls, self._args = state, [], None
+        self.state, self.calls = state, []
         self._handle = model.register_forward_hook(self._after, with_kwargs=True)
 
     def _after(self, module, args, kwargs, output):

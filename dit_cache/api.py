@@ -80,8 +80,8 @@ def patch(model_or_pipeline, schedule="skip-dit", *, fusion=None, kernel="auto",
     when inserting: function-preserving) or ``"replace"`` (the Skip-DiT reference op).
     Returns the patched model itself, as `module.to()` and `module.eval()` do (so
     `model = patch(model)` reads as usual; `dit_cache.stats(model)` says what is installed).
-    `adapters`: a file of trained adapter weights (`dit_cache.save_adapters`, e.g. from
-    `dit_cache.train_cache_aware`) loaded into the inserted adapters.
+    `adapters`: a file of trained adapter weights (`dit_cache.save_adapters`, or a `finetune`
+    result's ``adapters.safetensors``) loaded into the inserted adapters.
     On any error the model is left exactly as it was."""
     model = resolve_model(model_or_pipeline)
     existing = get_state(model)

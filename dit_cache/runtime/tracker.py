@@ -171,7 +171,8 @@ class StepTracker:
         recomputes a block inside backward with the very input of its forward call: that call
         gets the forward's context (marked `replay`); any other call gets `ctx`, remembered
         when `remember` (the model checkpoints its blocks: nothing else recomputes them)."""
-        calls = self._thread.block_calls
+        thread = self._thread
+        calls = thread.block_calls
         key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device)
         if _in_backward():
             known = calls.get(key)
@@ -187,7 +188,6 @@ class StepTracker:
             return dataclasses.replace(known[1], replay=True, scratch=scratch)
         if not remember:
             return ctx
-        thread = self._thread
         if len(calls) >= thread.block_calls_sweep:
             # Drop the entries whose input is gone (its graph was freed), then the oldest beyond
             # BLOCK_CALLS_MAX: an entry holds its call's context, whose skips are the inputs of
@@ -195,8 +195,9 @@ class StepTracker:
             # further back than the kept ones raises above instead of recomputing wrongly.
             for k in [k for k, (ref, _) in calls.items() if ref() is None]:
                 del calls[k]
-            for k in list(calls)[: max(0, len(calls) - BLOCK_CALLS_MAX // 2)] if len(calls) > BLOCK_CALLS_MAX else ():
-                del calls[k]
+            if len(calls) > BLOCK_CALLS_MAX:  # the oldest first (dicts keep insertion order)
+                for k in list(calls)[: len(calls) - BLOCK_CALLS_MAX // 2]:
+                    del calls[k]
             thread.block_calls_sweep = max(BLOCK_CALLS_SWEEP, 2 * len(calls))
         calls[key] = (weakref.ref(x), ctx)
         return ctx
