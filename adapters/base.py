@@ -89,10 +89,24 @@ class Site:
     name: str  # qualified name in the model, e.g. "temporal_transformer_blocks.2.attn1"
     kind: str  # "spatial" | "temporal" (self-attention), "cross" (attention), "mlp"
     block: int  # index of its block within its stack (Latte: spatial and temporal stacks)
+    #: qualified name of the normalization only this submodule reads (see `input_norm`), or None
+    norm: str | None = None
 
     @property
     def group(self) -> str:
         return "mlp" if self.kind == "mlp" else "attn"
+
+
+def plain_norm(module: nn.Module | None) -> nn.Module | None:
+    """`module` if it is a LayerNorm / RMSNorm (a function of its input alone), else an adaptive
+    norm's inner one (`.norm`: its modulation outputs, e.g. adaLN-zero's gates, are read
+    elsewhere in the block and still run), else None."""
+    from diffusers.models.normalization import RMSNorm
+
+    for m in (module, getattr(module, "norm", None)):
+        if isinstance(m, (nn.LayerNorm, nn.RMSNorm, RMSNorm)):
+            return m
+    return None
 
 
 class BackboneAdapter:
@@ -145,15 +159,31 @@ class BackboneAdapter:
         for index, blocks in enumerate(self.units(model)):
             for block in blocks:
                 stack = "temporal" if "temporal" in names[id(block)] else "spatial"
-                for attr in ("attn1", "attn2"):
-                    attn = getattr(block, attr, None)
-                    if isinstance(attn, nn.Module):
-                        kind = "cross" if getattr(attn, "is_cross_attention", False) else stack
-                        sites.append((Site(names[id(attn)], kind, index), attn))
-                ff = getattr(block, "ff", None)
-                if isinstance(ff, nn.Module):
-                    sites.append((Site(names[id(ff)], "mlp", index), ff))
+                for attr in ("attn1", "attn2", "ff"):
+                    sub = getattr(block, attr, None)
+                    if not isinstance(sub, nn.Module):
+                        continue
+                    kind = "mlp" if attr == "ff" else "cross" if getattr(sub, "is_cross_attention", False) else stack
+                    norm = self.input_norm(block, attr)
+                    sites.append((Site(names[id(sub)], kind, index, names[id(norm)] if norm is not None else None), sub))
         return sites
+
+    def input_norm(self, block: nn.Module, attr: str) -> nn.Module | None:
+        """The normalization whose output only `block.<attr>` reads. On a call where that site
+        hands back its stored output, nothing reads it, so it is not computed (on a small model
+        the norms are most of a reuse step's time). None: unknown, it always runs.
+
+        Default: diffusers' `BasicTransformerBlock` (DiT, Latte, PixArt), whose norms depend on
+        its `norm_type`. Override for other blocks; a wrong answer changes outputs, which the
+        table-driven test against an unskipped run catches."""
+        from diffusers.models.attention import BasicTransformerBlock
+
+        if not isinstance(block, BasicTransformerBlock):
+            return None
+        single = block.norm_type == "ada_norm_single"  # PixArt's layout: no norm before attn2
+        norm = {"attn1": block.norm1, "attn2": None if single else block.norm2,
+                "ff": block.norm2 if single else block.norm3}[attr]
+        return plain_norm(norm)
 
     # -- reading the model's forward arguments --------------------------------------------
     def timestep(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:

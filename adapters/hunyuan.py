@@ -10,7 +10,7 @@ import torch
 from diffusers import HunyuanDiT2DModel
 from torch import nn
 
-from .base import BackboneAdapter, SkipCacheDefaults
+from .base import BackboneAdapter, SkipCacheDefaults, plain_norm
 from .family import Conditioning, FamilySpec, module_device, real_size, unique_captions
 from .tiny_parts import TINY_BERT, TINY_T5, TINY_VAE, bert_tokenizer, t5_tokenizer, tiny_bert, tiny_t5
 
@@ -36,6 +36,10 @@ class HunyuanDiTAdapter(BackboneAdapter):
         # layers L-k..L-1 must all hold native skips: L-k > L//2
         n = len(model.blocks)
         return n - n // 2 - 1
+
+    def input_norm(self, block: nn.Module, attr: str) -> nn.Module | None:
+        # HunyuanDiTBlock: attn1(norm1(x, temb)), attn2(norm2(x), text), ff(norm3(x))
+        return plain_norm({"attn1": block.norm1, "attn2": block.norm2, "ff": block.norm3}[attr])
 
     def native_skip_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         out: dict[str, nn.Module] = {}

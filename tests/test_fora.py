@@ -5,9 +5,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import dit_cache
 from dit_cache import FORAConfig
+from dit_cache.methods.layer_reuse import LayerReuseMethod
 from dit_cache.testing import (
     build_pipeline,
     build_scheduler,
@@ -217,3 +219,54 @@ def test_bad_options_and_names_raise_and_leave_model_untouched():
     dit_cache.patch(model, "fora")  # nothing was left behind by the failures
     dit_cache.unpatch(model)
 
+
+
+class _NormOps(TorchDispatchMode):
+    """Counts the normalization kernels that really run (aten level, below every hook)."""
+
+    OPS = {"native_layer_norm", "rms_norm", "_fused_rms_norm"}
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func.overloadpacket.__name__ in self.OPS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("preset", ["fora", "pab-236"])
+def test_a_reusing_site_skips_the_norm_only_it_reads(name, model, preset, monkeypatch):
+    """On a reuse call the normalization feeding only that site is not computed (counted at the
+    aten op), and every output is bit for bit the one of the same method computing it."""
+    sched = build_scheduler("ddim", family_of(name))
+    sched.set_timesteps(6)
+    ts = [float(t) for t in sched.timesteps]
+    computing = copy.deepcopy(model)
+    dit_cache.patch(model, preset)
+    with monkeypatch.context() as m:  # the reference: the same hooks, the norms always run
+        m.setattr(LayerReuseMethod, "norm_forward", lambda self, hook, ctx, args, kwargs: hook.run(args, kwargs))
+        dit_cache.patch(computing, preset)
+    with _NormOps() as skipping_ops:
+        outs = _bare_loop(model, name, ts, seeds=(1,))
+    with _NormOps() as computing_ops:
+        refs = _bare_loop(computing, name, ts, seeds=(1,))
+    assert all(torch.equal(a, b) for a, b in zip(outs, refs))
+    s = dit_cache.stats(model)
+    reused = s.get("attn_reused", 0) + s.get("mlp_reused", 0)
+    assert 0 < s["norms_skipped"] <= reused
+    assert computing_ops.n - skipping_ops.n == s["norms_skipped"]
+    if name == "tiny-dit":  # adaLN-zero blocks: every site has its own norm
+        assert s["norms_skipped"] == reused
+
+
+def test_norms_run_under_autograd():
+    """Backward may replay a block: its norms are computed whenever gradients are recorded."""
+    model = build_transformer("tiny-dit")
+    dit_cache.patch(model, "fora")
+    kw = transformer_inputs("tiny-dit", transformer=model)
+    kw["hidden_states"].requires_grad_(True)
+    for t in (800, 600):
+        model(**dict(kw, timestep=torch.full_like(kw["timestep"], t)))[0].sum().backward()
+    s = dit_cache.stats(model)
+    assert s["attn_reused"] > 0 and s.get("norms_skipped", 0) == 0

@@ -5,7 +5,10 @@ output) or hand back the output stored for this CFG branch.
 Only the submodule call is replaced: the block itself still runs, so the adaLN modulation
 (shift/scale/gate), residual adds, Hunyuan-DiT's native long-skip fusion and Latte's reshapes
 are recomputed every step. The stored value is the submodule's output, i.e. *before* the
-block applies its gate.
+block applies its gate. The one exception: the normalization that only a reusing site reads
+(the site's `norm`, from the adapter's `input_norm`) hands its input back instead of
+normalizing it, since nothing reads its output on that call; FLOP counters do not see norms,
+but on a small model they are most of a reuse step's wall time.
 
 Stored outputs live in the generation's ``caches[branch]`` (a dict keyed by the submodule's
 qualified name), so a new generation, `dit_cache.reset`, an aborted forward or a training call
@@ -17,7 +20,7 @@ import torch
 from torch import nn
 
 from ..adapters import Site
-from ..runtime.hooks import LAYER_HOOK, DispatchHook
+from ..runtime.hooks import LAYER_HOOK, NORM_HOOK, DispatchHook
 from ..runtime.tracker import CallContext, tensor_bytes
 from .base import CacheMethod
 
@@ -54,8 +57,15 @@ class LayerReuseMethod(CacheMethod):
         state = self.state
         self.sites = [(s, m) for s, m in find_sites(state.model, state.adapter) if self.wants(s)]
         super().install()  # block hooks: step bookkeeping and block_calls, blocks always run
+        modules = dict(state.model.named_modules())
+        readers: dict[str, int] = {}
+        for site, _ in find_sites(state.model, state.adapter):
+            if site.norm is not None:
+                readers[site.norm] = readers.get(site.norm, 0) + 1
         for site, module in self.sites:
             state.hooks.add(module, DispatchHook(state, "layer_forward", site), LAYER_HOOK)
+            if site.norm is not None and readers[site.norm] == 1:  # a shared norm always runs
+                state.hooks.add(modules[site.norm], DispatchHook(state, "norm_forward", site), NORM_HOOK)
 
     def wants(self, site: Site) -> bool:
         """Whether to hook this site at all (a site that never reuses needs no hook)."""
@@ -69,15 +79,34 @@ class LayerReuseMethod(CacheMethod):
         """Whether a computed output is kept for later calls of this CFG branch."""
         return True
 
-    def layer_forward(self, hook: DispatchHook, ctx: CallContext, args: tuple, kwargs: dict):
-        site = hook.where
-        stats = ctx.stats
-        # A submodule called more than once per forward (e.g. chunked feed-forward) keeps one
+    @staticmethod
+    def _key(site: Site, ctx: CallContext, count: bool) -> str:
+        # A submodule called more than once per forward (e.g. a block run twice) keeps one
         # stored output per call.
         occurrence = ctx.scratch.setdefault("count:occurrence", {})
         n = occurrence.get(site.name, 0)
-        occurrence[site.name] = n + 1
-        key = site.name if n == 0 else f"{site.name}#{n}"
+        if count:
+            occurrence[site.name] = n + 1
+        return site.name if n == 0 else f"{site.name}#{n}"
+
+    def norm_forward(self, hook: DispatchHook, ctx: CallContext, args: tuple, kwargs: dict):
+        """The normalization only `site` reads: not computed when the site is about to hand
+        back its stored output (under autograd it always runs: backward replays the block)."""
+        site = hook.where
+        skipped = ctx.scratch.setdefault("norm_skipped", set())  # sites whose last norm call was skipped
+        if ctx.tracked and not ctx.replay and not torch.is_grad_enabled() and self.reuses(site, ctx):
+            store = ctx.caches.get(ctx.branch)
+            if store is not None and store.get(self._key(site, ctx, count=False)) is not None:
+                skipped.add(site.name)
+                ctx.stats.count("norms_skipped")
+                return args[0] if args else next(iter(kwargs.values()))
+        skipped.discard(site.name)
+        return hook.run(args, kwargs)
+
+    def layer_forward(self, hook: DispatchHook, ctx: CallContext, args: tuple, kwargs: dict):
+        site = hook.where
+        stats = ctx.stats
+        key = self._key(site, ctx, count=True)
         label = site.kind if site.kind == "mlp" else f"{site.kind}_attn"
         store = None
         if ctx.tracked:
@@ -95,6 +124,9 @@ class LayerReuseMethod(CacheMethod):
                         used[key] = value
                     return value
                 stats.count("reuse_missed")
+        if site.name in ctx.scratch.get("norm_skipped", ()):
+            raise RuntimeError(f"dit-cache: {site.name} lost its stored output after its input norm was skipped; "
+                               "its input is not normalized. Please report this with the model's class.")
         output = hook.run(args, kwargs)
         stats.count(f"{site.group}_computed")
         if site.group == "attn":

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 STEP_HOOK = "dit_cache.step"
 BLOCK_HOOK = "dit_cache.block"
 LAYER_HOOK = "dit_cache.layer"
+NORM_HOOK = "dit_cache.norm"
 
 
 def _model_hidden_states(args: tuple, kwargs: dict) -> torch.Tensor | None:
