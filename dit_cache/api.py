@@ -8,12 +8,14 @@ import functools
 import torch
 from torch import nn
 
-from . import methods  # noqa: F401  (registers the built-in cache methods)
+from .methods import load_methods
 from .runtime.fusion import FUSION_MODES, LongSkipFusion
 from .runtime.hooks import STEP_HOOK, SchedulerWatch, StepHook
 from .runtime.patch_state import LSC_ATTR, STATE_ATTR, PatchState, get_state, require_state, resolve_model
 from .runtime.registry import get_adapter, get_method
 from .schedules import resolve_schedule
+
+load_methods()  # every built-in method registered before the first patch
 
 ATTENTION_BACKENDS = (None, "xformers")
 KERNELS = ("auto", "torch", "triton", "reference")

@@ -16,7 +16,11 @@ from dit_cache.bench.machine import choose_threads, physical_cores
 from dit_cache.bench.results import BenchResult
 from dit_cache.bench.runners.load import cached_hub_model, check_model_name
 from dit_cache.bench.errors import BenchInputError
+from dit_cache._common.timesteps import builtin_timesteps
 from dit_cache.cli.main import build_parser, main
+from dit_cache.cli.tiny_facts import TINY_FACTS, tiny_pattern
+from dit_cache.runtime.registry import get_adapter
+from dit_cache.testing import SCHEDULER_NAMES, TINY_MODELS, build_scheduler, build_transformer, family_of
 
 
 def _run_python(code: str) -> str:
@@ -34,9 +38,43 @@ def test_import_and_help_do_not_load_torch_or_diffusers():
         "    try: main(['--help'])\n"
         "    except SystemExit: pass\n"
         "    main(['bench', '--steps', '0'])\n"
+        "    main(['presets'])\n"
+        "    main(['schedule', 'pab-236', '--model', 'tiny-latte', '--scheduler', 'dpm++', '--steps', '30'])\n"
         "print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))"
     )
     assert loaded == "[]"
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+@pytest.mark.parametrize("model", TINY_MODELS)
+def test_torch_free_timesteps_are_diffusers_for_every_step_count(model, scheduler):
+    facts = TINY_FACTS[model]
+    reference = build_scheduler(scheduler, family_of(model))
+    assert (reference.config.num_train_timesteps, reference.config.get("steps_offset", 0)) == (
+        facts.num_train_timesteps, facts.steps_offset)
+    for steps in range(1, facts.num_train_timesteps + 1):
+        reference.set_timesteps(steps)
+        got = builtin_timesteps(scheduler, steps, facts.num_train_timesteps, facts.steps_offset)
+        assert got == [float(t) for t in reference.timesteps], steps
+
+
+@pytest.mark.parametrize("model", TINY_MODELS)
+def test_tiny_facts_are_the_built_models_and_give_their_patterns(model):
+    """`ditcache schedule` answers from TINY_FACTS: they are the built model's, and every preset's
+    pattern is the one dit_cache.schedule_pattern computes on the model itself."""
+    assert set(TINY_FACTS) == set(TINY_MODELS)
+    built = build_transformer(model)
+    adapter = get_adapter(built)
+    facts = TINY_FACTS[model]
+    assert (facts.family, facts.units, facts.max_shallow, facts.defaults) == (
+        family_of(model), len(adapter.units(built)), adapter.max_shallow(built), adapter.defaults)
+    assert facts.kinds == {site.kind for site, _ in adapter.reuse_sites(built)}
+    for preset in dit_cache.presets():
+        for scheduler in SCHEDULER_NAMES:
+            for steps in (1, 2, 7, 20, 50):
+                expected = dit_cache.schedule_pattern(built, steps, schedule=preset,
+                                                      scheduler=build_scheduler(scheduler, family_of(model)))
+                assert tiny_pattern(dit_cache.presets()[preset], model, scheduler, steps) == expected, (preset, scheduler, steps)
 
 
 def test_version(capsys):

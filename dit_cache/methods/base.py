@@ -1,27 +1,17 @@
-"""Base class of a cache method, and the `none` method.
+"""Base class of a cache method (the hook side).
 
 A method gets a `PatchState` (adapter, tracker, hooks); it decides per step whether the step
 is full and implements what a block hook does. It registers itself for its config type with
 `@register_method(ConfigClass)`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..runtime.hooks import BLOCK_HOOK, DispatchHook
-from ..runtime.registry import register_method
 from ..runtime.tracker import CallContext
 
 if TYPE_CHECKING:
     from ..runtime.patch_state import PatchState
-
-
-@dataclass(frozen=True)
-class NoCacheConfig:
-    """Patched, step tracking on, never caching: the reference point for overhead."""
-
-    name = "none"
-    inserts_adapters = False
 
 
 class CacheMethod:
@@ -54,11 +44,3 @@ class CacheMethod:
 
     def describe_cache(self) -> dict:
         return {}
-
-
-PRESETS = {"none": NoCacheConfig()}
-
-
-@register_method(NoCacheConfig)
-class NoCache(CacheMethod):
-    """Tracks steps and counts blocks; never caches."""

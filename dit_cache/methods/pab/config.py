@@ -27,11 +27,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..adapters import Site
-from ..runtime.registry import register_method
-from ..runtime.tracker import CallContext
-from .layer_reuse import LayerReuseMethod, find_sites
-from .validation import check_int, check_window, is_timestep
+from ..validation import check_int, check_window, is_timestep
 
 
 #: VideoSys' Latte MLP broadcast: at these timesteps blocks 0-4 store their MLP output and the
@@ -111,6 +107,12 @@ class PABConfig:
                 check_int("every mlp_blocks entry", b, minimum=0)
             object.__setattr__(self, "mlp_blocks", blocks)
 
+    def for_kinds(self, kinds) -> "PABConfig":
+        """This config with the attention kinds a model lacks (not in `kinds`) turned off, so
+        patterns and stats describe what runs."""
+        off = {f"{k}_range": None for k in PAB_KINDS if k not in kinds and getattr(self, f"{k}_range") is not None}
+        return dataclasses.replace(self, **off) if off else self
+
     # -- the decision: a function of the step index and the timesteps so far only ----------
     def kind_window(self, kind: str) -> tuple[float, float]:
         return getattr(self, f"{kind}_window") or self.window
@@ -167,64 +169,3 @@ PRESETS = {
         for s, t, c in ((2, 3, 6), (3, 4, 7), (4, 6, 9))
     },
 }
-
-
-@register_method(PABConfig)
-class PAB(LayerReuseMethod):
-    @classmethod
-    def resolve_config(cls, config: PABConfig, adapter, model) -> PABConfig:
-        """Turn off the kinds the model lacks (so patterns and stats describe what runs) and
-        fill the MLP defaults; `mlp_blocks` must name a block the model has."""
-        sites = find_sites(model, adapter)
-        kinds = {site.kind for site, _ in sites}
-        changes: dict = {f"{k}_range": None for k in PAB_KINDS if k not in kinds}
-        if config.mlp:
-            n_blocks = 1 + max(site.block for site, _ in sites if site.kind == "mlp")
-            requested = config.mlp_blocks if config.mlp_blocks is not None else PAB_MLP_BLOCKS
-            blocks = tuple(b for b in requested if b < n_blocks)
-            if not blocks:
-                raise ValueError(
-                    f"mlp_blocks={requested} names no block of this {type(model).__name__} "
-                    f"(it has {n_blocks} blocks per stack)"
-                )
-            changes["mlp_blocks"] = blocks
-            if config.mlp_timesteps is None:
-                changes["mlp_timesteps"] = PAB_MLP_TIMESTEPS
-            if config.mlp_skip is None:
-                changes["mlp_skip"] = PAB_MLP_SKIP
-        return dataclasses.replace(config, **changes) if changes else config
-
-    def install(self) -> None:
-        self._mlp_blocks = frozenset(self.config.mlp_blocks_used)
-        super().install()
-
-    def decide(self, timesteps: list[float]) -> bool:
-        return self.config.plan_step(timesteps).full
-
-    def begin_call(self, ctx: CallContext) -> None:
-        # every branch of the step follows the step's plan (recomputed: decide ran once)
-        ctx.scratch["plan"] = self.config.plan_step(ctx.gen.timesteps) if ctx.tracked else PABPlan()
-
-    def _broadcastable(self, site: Site) -> bool:
-        if site.kind == "mlp":
-            return self.config.mlp and site.block in self._mlp_blocks
-        rng = getattr(self.config, f"{site.kind}_range")
-        return rng is not None and rng > 1
-
-    def stores(self, site: Site, ctx: CallContext) -> bool:
-        # Attention that can broadcast: every computed output, like diffusers (one per layer).
-        # MLP: only on an anchor step and the steps that reuse it.
-        if site.kind == "mlp" and ctx.scratch["plan"].mlp is None:
-            return False
-        return self._broadcastable(site)
-
-    def reuses(self, site: Site, ctx: CallContext) -> bool:
-        plan = ctx.scratch["plan"]
-        if site.kind == "mlp":
-            return plan.mlp == "reuse" and self._broadcastable(site)
-        return site.kind in plan.broadcast
-
-    def describe_cache(self) -> dict:
-        last = self.state.tracker.last
-        plan = self.config.plan_step(last.timesteps) if last is not None and last.timesteps else PABPlan()
-        return {**super().describe_cache(), "broadcast_now": sorted(plan.broadcast), "mlp_now": plan.mlp}

@@ -19,11 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..adapters import Site
-from ..runtime.registry import register_method
-from ..runtime.tracker import CallContext
-from .layer_reuse import LayerReuseMethod
-from .validation import check_required_int
+from ..validation import check_required_int
 
 
 @dataclass(frozen=True)
@@ -52,15 +48,3 @@ class FORAConfig:
 
 # refresh every N steps (the reference uses N=3)
 PRESETS = {"fora": FORAConfig(), **{f"fora-{n}": FORAConfig(interval=n) for n in range(2, 8)}}
-
-
-@register_method(FORAConfig)
-class FORA(LayerReuseMethod):
-    def decide(self, timesteps: list[float]) -> bool:
-        return self.config.is_full(len(timesteps) - 1, timesteps[-1], timesteps[-2] if len(timesteps) > 1 else None)
-
-    def reuses(self, site: Site, ctx: CallContext) -> bool:
-        return not ctx.full
-
-    def describe_cache(self) -> dict:
-        return {**super().describe_cache(), "refresh_every": self.config.interval}

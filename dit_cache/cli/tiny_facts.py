@@ -1,0 +1,53 @@
+"""What `ditcache schedule` needs of each tiny model (dit_cache.testing) to resolve a preset and
+list its timesteps, so it answers without importing torch or building the model. Every entry
+is checked against the built model, its adapter and its schedulers by
+tests/test_first_hour.py, together with the pattern this gives for every preset."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._common.skip_defaults import SkipCacheDefaults
+from .._common.timesteps import builtin_timesteps
+from ..methods import PABConfig, SkipCacheConfig
+
+
+@dataclass(frozen=True)
+class TinyFacts:
+    family: str
+    units: int  # adapter.units(model)
+    max_shallow: int  # adapter.max_shallow(model)
+    kinds: frozenset  # the reuse sites' kinds
+    defaults: SkipCacheDefaults  # adapter.defaults
+    num_train_timesteps: int = 1000
+    steps_offset: int = 0  # the family's noise config (Hunyuan-DiT's: 1)
+
+
+_ATTN_MLP = frozenset({"spatial", "mlp"})
+TINY_FACTS = {
+    "tiny-dit": TinyFacts("dit", 6, 2, _ATTN_MLP, SkipCacheDefaults(interval=2, shallow=4, start=1000.0, close=20.0)),
+    "tiny-latte": TinyFacts("latte", 4, 1, _ATTN_MLP | {"temporal", "cross"},
+                            SkipCacheDefaults(interval=2, shallow=1, start=700.0, close=50.0)),
+    "tiny-hunyuan": TinyFacts("hunyuan", 6, 2, _ATTN_MLP | {"cross"},
+                              SkipCacheDefaults(interval=2, shallow=1, start=700.0, close=50.0, reference_units=40),
+                              steps_offset=1),
+}
+
+#: config type -> how it resolves against a backbone (looked up along the MRO; others: as given),
+#: the torch-free twin of each method's `resolve_config`
+_RESOLVE = {
+    SkipCacheConfig: lambda config, facts: config.resolve(facts.defaults, facts.max_shallow, facts.units),
+    PABConfig: lambda config, facts: config.for_kinds(facts.kinds),
+}
+
+
+def tiny_pattern(config, model: str, scheduler: str, steps: int) -> str:
+    """The F/c pattern of `config` on tiny model `model` for `steps` steps of `scheduler`."""
+    facts = TINY_FACTS[model]
+    timesteps = builtin_timesteps(scheduler, steps, facts.num_train_timesteps, facts.steps_offset)
+    resolve = next((_RESOLVE[c] for c in type(config).__mro__ if c in _RESOLVE), lambda c, f: c)
+    config = resolve(config, facts)
+    pattern = getattr(config, "pattern", None)
+    return pattern(timesteps) if pattern is not None else "F" * len(timesteps)
+
+
+__all__ = ["TINY_FACTS", "TinyFacts", "tiny_pattern"]
