@@ -3,7 +3,7 @@ model, on held-out seeds; PSNR vs FLOP-ideal and vs measured speedup with each f
 envelope, and the issue-12 targets checked.
 
     python benchmarks/frontier.py mnist-dit mnist-dit-retrofit mnist-skip-dit mnist-latte
-    python benchmarks/frontier.py --latency mnist-dit   # re-time its rows on a quiet machine (3 rounds)
+    python benchmarks/frontier.py --latency mnist-dit   # re-time its rows on a quiet machine (5 rounds)
     python benchmarks/frontier.py --report     # re-draw plots and the summary from the JSON
     python benchmarks/frontier.py mnist-dit --add calibrate:speedup=3.0,max_age=6   # more rows
 
@@ -27,7 +27,7 @@ CALIBRATED = [f"calibrate:speedup={s}" for s in TARGETS]
 CALIBRATED_LATENCY = [f"calibrate:speedup={s},cost=latency" for s in TARGETS]
 # cached steps up to 6 steps after their full one (default 4), and a latency plan aimed past 3x
 CALIBRATED_MORE = ["calibrate:speedup=3.0,max_age=6", "calibrate:speedup=3.5,cost=latency",
-                   *(f"calibrate:speedup={s},cost=latency,max_age=6" for s in TARGETS[1:])]
+                   *(f"calibrate:speedup={s},cost=latency,max_age=6" for s in (*TARGETS[1:], 3.25, 3.5))]
 SKIP = ["skip-dit-2", "skip-dit-3", "skip-dit-4", "skip-dit-5"]
 FORA = ["fora-2", "fora-3", "fora-4"]
 PEERS = [
@@ -116,7 +116,7 @@ def plan_file(method: str) -> str:
     return str(OUT / "plans" / (method.replace(":", "_").replace(",", "_").replace("=", "-") + ".json"))
 
 
-def latency(model: str, repeats: int = 3) -> None:
+def latency(model: str, repeats: int = 5) -> None:
     """Re-time every row of a finished run on a quiet machine: its calibrated plans as schedule
     files (the fidelity run's seeds are not needed for latency), seed 0, `repeats` interleaved
     rounds after a warm-up. Written to <model>_latency.json; the report takes measured speedups
@@ -125,7 +125,8 @@ def latency(model: str, repeats: int = 3) -> None:
 
     from dit_cache import StepPlanConfig, zoo
     from dit_cache.bench import BenchConfig, run_bench
-    from dit_cache.schedule_file import load_schedule, read_schedule_record, save_schedule
+    from dit_cache._common.files import atomic_write
+    from dit_cache.schedule_file import load_schedule, read_schedule_record, schedule_record
 
     torch.set_num_threads(1)
     data = json.loads((OUT / f"{model}.json").read_text(encoding="utf-8"))
@@ -140,10 +141,10 @@ def latency(model: str, repeats: int = 3) -> None:
             config = StepPlanConfig(plan=tuple(row["setup"]["plan"]), timesteps=template.timesteps,
                                     model_class=template.model_class, config_hash=template.config_hash,
                                     scheduler_class=template.scheduler_class, long_skips=template.long_skips)
-            save_schedule(path, config, calibration={"from": row["method"], **row["setup"]["calibration"]})
-            record = json.loads(Path(path).read_text())
-            record["scheduler_config"] = scheduler_config
-            Path(path).write_text(json.dumps(record, indent=1) + "\n")
+            record = schedule_record(config, calibration={"from": row["method"], **row["setup"]["calibration"]})
+            record["scheduler_config"] = scheduler_config  # the template's: no scheduler object here
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8"))
             methods.append(path)
         else:
             methods.append(row["method"])
