@@ -29,8 +29,8 @@ def add_parser(subparsers) -> None:
     from ..schedules import PRESETS
 
     p = subparsers.add_parser("schedule", help=COMMANDS["schedule"])
-    p.add_argument("preset", choices=sorted(PRESETS))
+    p.add_argument("preset", choices=sorted(PRESETS), metavar="PRESET", help="a preset (ditcache presets lists them)")
     p.add_argument("--model", default="tiny-dit", choices=list(TINY_FACTS), help="a tiny model (default tiny-dit)")
-    p.add_argument("--scheduler", default="ddim", choices=SCHEDULER_NAMES)
+    p.add_argument("--scheduler", default="ddim", choices=SCHEDULER_NAMES, help="the sampler (default ddim)")
     p.add_argument("--steps", type=count(1), default=50, help="denoising steps, >= 1 (default 50)")
     p.set_defaults(func=cmd_schedule)
