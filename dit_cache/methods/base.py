@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from ..runtime.hooks import BLOCK_HOOK, DispatchHook
 from ..runtime.tracker import CallContext
 
@@ -44,3 +46,24 @@ class CacheMethod:
 
     def describe_cache(self) -> dict:
         return {}
+
+    # -- the long-skip adapters dit-cache inserted (methods that skip blocks wire them) --------
+    def wire_long_skips(self) -> None:
+        """Which deep unit fuses which shallow unit's output (none when the model's long skips
+        are native: the model wires those itself)."""
+        state = self.state
+        self.partner = {} if state.lscs is None else {d: j for j, d in state.adapter.pairs(state.model)}
+        self.feeds_skip = set(self.partner.values())
+
+    def remember_skip(self, ctx: CallContext, unit: int, streams: tuple) -> None:
+        """At a unit's entry: its input is the output of unit-1, which a long skip may carry."""
+        if unit - 1 in self.feeds_skip:
+            ctx.skips[unit - 1] = streams[0]
+
+    def fuse_skip(self, ctx: CallContext, unit: int, streams: tuple) -> tuple:
+        """A deep unit's entry streams with its long skip fused into the image stream."""
+        if unit not in self.partner:
+            return streams
+        j = self.partner[unit]
+        skip = ctx.skips[j] if torch.is_grad_enabled() else ctx.skips.pop(j)  # kept for a replay
+        return (self.state.lscs[str(unit)](streams[0], skip), *streams[1:])

@@ -1,8 +1,6 @@
 """The hooks of per-step plans (see config.py for the actions and the step decision)."""
 from __future__ import annotations
 
-import torch
-
 from ...runtime.model_id import config_hash
 from ...runtime.registry import register_method
 from ...runtime.tracker import CallContext, tensor_bytes
@@ -44,8 +42,7 @@ class StepPlan(LayerReuseMethod):
         self.n_units, self.last_position = len(units), len(units[-1]) - 1
         self.deep_k = sorted({parse_action(a)[1] for a in plan if a[0] == "S"})
         self.residual_k = sorted({parse_action(a)[1] for a in plan if a[0] == "R"})
-        self.partner = {} if state.lscs is None else {d: j for j, d in state.adapter.pairs(state.model)}
-        self.feeds_skip = set(self.partner.values())
+        self.wire_long_skips()
         if "A" in plan:
             super().install()  # block hooks + attention / MLP hooks
         else:
@@ -89,8 +86,8 @@ class StepPlan(LayerReuseMethod):
         store = ctx.caches.setdefault(ctx.branch, {}) if ctx.tracked else None
         storing = kind == "F" and store is not None and not ctx.replay
         streams = self.io.read(args, kwargs)  # image stream first: (B, L, D)
-        if position == 0 and unit - 1 in self.feeds_skip:  # entry input of u = output of u-1
-            ctx.skips[unit - 1] = streams[0]
+        if position == 0:
+            self.remember_skip(ctx, unit, streams)
         skipped = (kind == "S" and k <= unit < self.n_units - k) or (kind == "R" and unit >= k)
         if skipped:
             ctx.stats.blocks_skipped += 1
@@ -109,10 +106,7 @@ class StepPlan(LayerReuseMethod):
                     ctx.scratch[f"residual_in:{unit}"] = streams
             if kind == "S" and unit == self.n_units - k:
                 streams = store[f"deep:{k}"]
-            if unit in self.partner:
-                j = self.partner[unit]
-                skip = ctx.skips[j] if torch.is_grad_enabled() else ctx.skips.pop(j)
-                streams = (self.state.lscs[str(unit)](streams[0], skip), *streams[1:])
+            streams = self.fuse_skip(ctx, unit, streams)
             args, kwargs = self.io.write(args, kwargs, streams)
         output = hook.run(args, kwargs)
         if storing and self.residual_k and unit == self.n_units - 1 and position == self.last_position:

@@ -24,8 +24,7 @@ class SkipCache(CacheMethod):
         self.cache_unit = self.n_units - self.k
         # deep unit -> shallow unit whose output it fuses (only where dit-cache inserted LSCs;
         # native skips are wired by the model itself)
-        self.partner = {} if state.lscs is None else {d: j for j, d in state.adapter.pairs(state.model)}
-        self.feeds_skip = set(self.partner.values())
+        self.wire_long_skips()
         super().install()
 
     def decide(self, timesteps: list[float]) -> bool:
@@ -48,8 +47,7 @@ class SkipCache(CacheMethod):
                 return self.io.returned(streams)
             return hook.run(args, kwargs)
 
-        if unit - 1 in self.feeds_skip:  # the entry input of unit u is the output of unit u-1
-            ctx.skips[unit - 1] = streams[0]
+        self.remember_skip(ctx, unit, streams)
         if self._skipped(ctx, unit):
             ctx.stats.blocks_skipped += 1
             return self.io.returned(streams)
@@ -64,10 +62,7 @@ class SkipCache(CacheMethod):
                 streams = caches[ctx.branch]
                 if torch.is_grad_enabled():
                     ctx.scratch["deep_input"] = streams
-        if unit in self.partner:
-            j = self.partner[unit]
-            skip = ctx.skips[j] if torch.is_grad_enabled() else ctx.skips.pop(j)
-            streams = (self.state.lscs[str(unit)](streams[0], skip), *streams[1:])
+        streams = self.fuse_skip(ctx, unit, streams)
         args, kwargs = self.io.write(args, kwargs, streams)
         return hook.run(args, kwargs)
 
