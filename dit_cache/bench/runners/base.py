@@ -70,14 +70,13 @@ class Runner:
     def prime(self, prepared: Any) -> None:
         """A two-step generation (a full and, for most methods, a cached step): what a method
         builds on its first calls after being installed (Skip-Cache folds its adapter weights,
-        caches and the allocator get their memory) is then not timed. A per-step plan only runs
-        the step count it was made for: it is primed with a whole generation."""
-        from ...methods.plan import StepPlanConfig
+        caches and the allocator get their memory) is then not timed. A config made for one step
+        count (a per-step plan: its `num_inference_steps`) is primed with a whole generation."""
         from ...runtime.patch_state import get_state
 
         state = get_state(self.transformer)
-        whole = state is not None and isinstance(state.config, StepPlanConfig)
-        self.generate(prepared, steps=None if whole else min(2, self.s.steps))
+        pinned = state is not None and getattr(state.config, "num_inference_steps", None) is not None
+        self.generate(prepared, steps=None if pinned else min(2, self.s.steps))
 
     def modules(self) -> list[nn.Module]:
         return [self.transformer]

@@ -56,6 +56,11 @@ class StepPlanConfig:
     def inserts_adapters(self) -> bool:
         return self.long_skips
 
+    @property
+    def num_inference_steps(self) -> int:
+        """The step count the plan runs (and only that one)."""
+        return len(self.plan)
+
     def __post_init__(self):
         if isinstance(self.plan, str) or not isinstance(self.plan, (tuple, list)) or not self.plan:
             raise ValueError(f"plan must be a non-empty list of actions (F, A, S<k>, R<k>), got {self.plan!r}")
