@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 REGRESSION = ROOT / "benchmarks" / "results" / "zoo_regression.json"
 # class accuracy of 20 samples (DDIM 20, CFG 2, seed 0), set below the measured values
 # (mnist-dit 0.80, mnist-dit-retrofit 0.80, mnist-skip-dit 0.65)
-MIN_CLASS_ACC = {"mnist-dit": 0.6, "mnist-dit-retrofit": 0.6, "mnist-skip-dit": 0.5}
+# mnist-latte per frame (chance 0.1): 0.78 on these 5 clips at DDIM 10, 0.58 on 20 clips at DDIM 20
+MIN_CLASS_ACC = {"mnist-dit": 0.6, "mnist-dit-retrofit": 0.6, "mnist-skip-dit": 0.5, "mnist-latte": 0.4}
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +89,10 @@ def test_zoo_model_loads_and_samples_digits(name, classifier):
     assert out.shape == ((batch, 1, 8, 32, 32) if video else (batch, 1, 32, 32))
     assert torch.isfinite(out).all() and out.abs().max() <= 1.0
     q = MnistQuality(video=video, classifier=classifier)
+    assert q.class_accuracy(out, prepared["labels"]) >= MIN_CLASS_ACC[name]
     if not video:
-        assert q.class_accuracy(out, prepared["labels"]) >= MIN_CLASS_ACC[name]
         return
-    # mnist-latte follows the class weakly (0.44 per frame at DDIM 20 on 20 clips, chance 0.1); its
-    # frames are far closer to real ones than an untrained Latte's
+    # and its frames are far closer to real ones than an untrained Latte's
     torch.manual_seed(0)
     untrained = type(model).from_config(model.config)
     fresh = ZooRunner("untrained", untrained, meta, RunSettings(steps=steps, batch=batch))
