@@ -1,7 +1,8 @@
 """Wall time of `ditcache` commands that should answer at once (issue 14: under 1.5 s), each
 run in a fresh process, median of `--repeats` runs, alternating commands round by round.
 
-    .venv/bin/python benchmarks/cli_startup.py --json benchmarks/results/cli_startup.json
+    .venv/bin/python benchmarks/cli_startup.py --json benchmarks/results/cli_startup.json \
+        > benchmarks/results/cli_startup.txt
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ COMMANDS = {
     "--version": ["--version"],
     "presets": ["presets"],
     "schedule skip-dit --steps 20": ["schedule", "skip-dit", "--steps", "20"],
+    "schedule pab-236 --model tiny-latte --scheduler dpm++": ["schedule", "pab-236", "--model", "tiny-latte",
+                                                               "--scheduler", "dpm++"],
     "bench --steps 0 (argument error)": ["bench", "--steps", "0"],
     "import dit_cache": None,
 }
@@ -45,10 +48,12 @@ def main(argv=None) -> int:
     rows = {name: {"median_s": statistics.median(t), "max_s": max(t), "rc": codes[name]} for name, t in times.items()}
     for name, r in rows.items():
         verdict = "ok" if r["median_s"] < BOUND_S else f"over {BOUND_S} s"
-        print(f"{name:36s} {r['median_s']:6.2f} s median, {r['max_s']:6.2f} s max, rc {r['rc']}  {verdict}")
+        print(f"{name:54s} {r['median_s']:6.2f} s median, {r['max_s']:6.2f} s max, rc {r['rc']}  {verdict}")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"bound_s": BOUND_S, "repeats": a.repeats, "results": rows}, f, indent=1)
+        text = json.dumps({"bound_s": BOUND_S, "repeats": a.repeats, "results": rows}, indent=1)
+        with open(a.json + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(a.json + ".tmp", a.json)
     return 0
 
 
