@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "results" / "frontier"
+#: a timing run whose worst latency IQR / median is above this is reported as noise
+NOISY = 0.25
 TARGETS = (1.5, 2.0, 2.5, 3.0)
 
 CALIBRATED = [f"calibrate:speedup={s}" for s in TARGETS]
@@ -171,6 +173,14 @@ def _rows(model: str) -> list[dict]:
     return rows
 
 
+def _timing_noise(model: str) -> float | None:
+    """The worst latency IQR / median of the run the measured speedups come from."""
+    timed = OUT / f"{model}_latency.json"
+    path = timed if timed.is_file() else OUT / f"{model}.json"
+    noise = json.loads(path.read_text(encoding="utf-8")).get("latency_noise")
+    return None if noise is None else noise["iqr_over_median"]
+
+
 def envelope(rows: list[dict], speed_key: str, at: float) -> tuple[float, str] | None:
     """Best PSNR among rows at least `at` fast (the Pareto envelope at that speed)."""
     fast = [r for r in rows if (r.get(speed_key) or 0) >= at - 1e-9 and r.get("psnr") is not None]
@@ -199,6 +209,10 @@ def report(models: list[str]) -> None:
                     cells.append(f"{hit[0]:.1f}" if hit else "-")
                 lines.append(f"| {fam} | " + " | ".join(cells) + " |")
             lines.append("")
+            noise = _timing_noise(model) if key == "speedup" else None
+            if noise is not None and noise > NOISY:
+                lines += [f"**Noise:** the timing run's latency IQR / median reached {noise:.2f} (over {NOISY}): "
+                          "these measured speedups are not evidence; re-time on a quiet machine (`--latency`).", ""]
             lines += _targets(rows, key)
         cal = [r for r in rows if family(r["method"]).startswith("dit-cache calibrated")]
         if cal:
