@@ -11,6 +11,9 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
+
+from dit_cache._common.files import atomic_write
 
 ACTIONS = ("F", "A", "R0", "S1")
 
@@ -52,9 +55,7 @@ def main(argv=None) -> int:
         text = json.dumps({"model": a.model, "batch": a.batch, "rounds": a.rounds, "threads": 1,
                            "command": "python benchmarks/action_cost.py " + " ".join(argv or os.sys.argv[1:]),
                            "actions": rows, "samples_s": seconds}, indent=1)
-        with open(a.json + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(a.json + ".tmp", a.json)
+        atomic_write(a.json, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return 0
 
 

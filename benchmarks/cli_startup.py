@@ -13,6 +13,9 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+from dit_cache._common.files import atomic_write
 
 COMMANDS = {
     "--help": ["--help"],
@@ -51,9 +54,7 @@ def main(argv=None) -> int:
         print(f"{name:54s} {r['median_s']:6.2f} s median, {r['max_s']:6.2f} s max, rc {r['rc']}  {verdict}")
     if a.json:
         text = json.dumps({"bound_s": BOUND_S, "repeats": a.repeats, "results": rows}, indent=1)
-        with open(a.json + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(a.json + ".tmp", a.json)
+        atomic_write(a.json, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return 0
 
 
