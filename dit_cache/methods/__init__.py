@@ -2,8 +2,8 @@
 its step decision, and imports neither torch nor diffusers (so `ditcache presets` and
 `ditcache schedule` answer at once); `<method>/method.py` holds the hooks and registers itself
 for the config type. `load_methods()` imports every hook module (`dit_cache.api` does, so
-`dit_cache.patch` knows them all). To add a method, write its
-folder and list its hook module in METHOD_MODULES."""
+`dit_cache.patch` knows them all). To add a method, write its folder, add its presets to
+presets.py and its hook module to METHOD_MODULES."""
 from __future__ import annotations
 
 import importlib

@@ -16,6 +16,8 @@ drops them. Untracked calls (train mode, per-sample timesteps) always compute an
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import nn
 
@@ -55,13 +57,11 @@ class LayerReuseMethod(CacheMethod):
 
     def install(self) -> None:
         state = self.state
-        self.sites = [(s, m) for s, m in find_sites(state.model, state.adapter) if self.wants(s)]
+        every_site = find_sites(state.model, state.adapter)
+        self.sites = [(s, m) for s, m in every_site if self.wants(s)]
         super().install()  # block hooks: step bookkeeping and block_calls, blocks always run
         modules = dict(state.model.named_modules())
-        readers: dict[str, int] = {}
-        for site, _ in find_sites(state.model, state.adapter):
-            if site.norm is not None:
-                readers[site.norm] = readers.get(site.norm, 0) + 1
+        readers = Counter(site.norm for site, _ in every_site if site.norm is not None)
         for site, module in self.sites:
             state.hooks.add(module, DispatchHook(state, "layer_forward", site), LAYER_HOOK)
             if site.norm is not None and readers[site.norm] == 1:  # a shared norm always runs

@@ -45,6 +45,5 @@ class FORAConfig:
         return "".join("F" if i % self.interval == 0 else "c" for i, _ in enumerate(timesteps))
 
 
-
 # refresh every N steps (the reference uses N=3)
 PRESETS = {"fora": FORAConfig(), **{f"fora-{n}": FORAConfig(interval=n) for n in range(2, 8)}}

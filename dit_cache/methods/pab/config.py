@@ -160,7 +160,6 @@ class PABConfig:
         return "".join("F" if p.full else "c" for p in self.plan(timesteps))
 
 
-
 # (spatial, temporal, cross) broadcast ranges: VideoSys' Latte presets; `pab` = pab-236
 PRESETS = {
     "pab": PABConfig(),
