@@ -120,8 +120,9 @@ def plan_file(method: str) -> str:
 
 def latency(model: str, repeats: int = 5) -> None:
     """Re-time every row of a finished run on a quiet machine: its calibrated plans as schedule
-    files (the fidelity run's seeds are not needed for latency), seed 0, `repeats` interleaved
-    rounds after a warm-up. Written to <model>_latency.json; the report takes measured speedups
+    files (the fidelity run's seeds are not needed for latency), seed 0, `repeats` rounds after a
+    warm-up, each method timed right after a `none` generation (order="paired": its speedup is
+    the median of those adjacent ratios, so the machine's slow drift cancels). Written to <model>_latency.json; the report takes measured speedups
     from it."""
     import torch
 
@@ -152,7 +153,7 @@ def latency(model: str, repeats: int = 5) -> None:
             methods.append(row["method"])
     seeds, batch = SEEDS.get(model, (list(range(5)), 20))
     config = BenchConfig(model=model, methods=methods, steps=20, batch=batch, seeds=[seeds[0]], repeats=repeats,
-                         warmup=1, threads=1, order="interleaved", memory=False,
+                         warmup=1, threads=1, order="paired", memory=False,
                          command=["python", "benchmarks/frontier.py", "--latency", model])
     run_bench(config, progress=True).write_json(str(OUT / f"{model}_latency.json"))
 

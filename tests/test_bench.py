@@ -97,6 +97,34 @@ def test_video_and_hunyuan_rows(model):
         assert rows["skip-dit"]["n_images"] == 4
 
 
+def test_paired_order_times_none_before_every_method():
+    """order="paired": each round times `none` right before each other method; the speedup is
+    the median of those adjacent ratios, recomputed here from the raw samples."""
+    import statistics
+
+    result = run_bench(BenchConfig(model="tiny-dit", methods=["skip-dit", "fora:interval=2"], steps=STEPS, repeats=3,
+                                   warmup=0, threads=1, order="paired", seeds=[0, 1]))
+    assert result.meta["order"] == "paired"
+    rows = {r["method"]: r for r in result.rows}
+    others = [m for m in rows if m not in ("none", "unpatched")]
+    assert rows["none"]["n_timed"] == 3 * 2 * (len(others) + 1)  # one pair per method per round, 2 seeds
+    none = rows["none"]["latency_samples_s"]
+    # the pairs run in a seeded order per round; rebuild it as measure.paired_rounds does
+    import random
+    order = []
+    for r in range(3):
+        live = [m for m in rows if m != "none"]
+        random.Random(r).shuffle(live)
+        order += live
+    position = {m: [i for i, x in enumerate(order) if x == m] for m in rows if m != "none"}
+    for m, where in position.items():
+        own = rows[m]["latency_samples_s"]
+        ratios = [sum(none[2 * i:2 * i + 2]) / sum(own[2 * k:2 * k + 2]) for k, i in enumerate(where)]
+        assert rows[m]["speedup"] == pytest.approx(statistics.median(ratios))
+        assert rows[m]["paired_speedup"] == rows[m]["speedup"]
+    assert rows["none"]["paired_speedup"] is None and rows["none"]["speedup"] == 1.0
+
+
 def test_transformer_loop_matches_dit_pipeline():
     """The bare-transformer loop reproduces DiTPipeline (same seed -> same final latents)."""
     pipe_runner = load_runner("tiny-dit", RunSettings(steps=3))

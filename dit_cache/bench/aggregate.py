@@ -60,6 +60,10 @@ class Gathered:
         self.ssim = [x for p in parts for x in p.get("ssim_list", [])]
         self.seeds = sorted(all_seeds) if self.ok else []
         self.latency = latency_stats(self.samples if self.ok else [])
+        pairs = [x for p in parts for x in p.get("pair_ratios", [])]  # order="paired"
+        self.paired_speedup = statistics.median(pairs) if self.ok and pairs else None
+        spread = latency_stats(pairs)["latency_iqr_s"] if self.ok and pairs else None
+        self.paired_spread = spread / self.paired_speedup if spread is not None else None  # IQR / median
         self.calls = self.first.get("call_flops") or []
         if spec.name == UNPATCHED:
             reference_call = max(self.calls) if self.calls else None

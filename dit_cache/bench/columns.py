@@ -56,6 +56,8 @@ def _ratio(num, den):
 
 
 def _speedup(row, base):
+    if row.get("paired_speedup") is not None:  # order="paired": the median adjacent ratio
+        return row["paired_speedup"]
     none = base.get("none")
     return _ratio(none and none["latency_s"], row["latency_s"])
 
@@ -100,6 +102,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("latency_q3_s", _latency("latency_q3_s"), unit="s"),
     Column("latency_min_s", _latency("latency_min_s"), unit="s"),
     Column("n_timed", lambda g: len(g.samples)),
+    Column("paired_speedup", lambda g: g.paired_speedup, unit="x vs none"),
+    Column("paired_spread", lambda g: g.paired_spread, unit="IQR / median of the paired ratios"),
     Column("speedup", relative=_speedup, unit="x vs none", header="speedup", fmt=".2f"),
     Column("flops", lambda g: g.first.get("flops"), unit="FLOPs", header="GFLOPs", fmt=",.1f", scale=1e9),
     Column("transformer_flops", lambda g: sum(g.calls) if g.calls else None, unit="FLOPs"),

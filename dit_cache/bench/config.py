@@ -14,7 +14,7 @@ DEFAULT_SUITE = ("mnist-dit", "mnist-dit-retrofit")
 DEFAULT_MODEL = DEFAULT_SUITE[0]
 DEFAULT_STEPS = 20
 ZOO_DEFAULT_BATCH = 20  # 2 samples per digit class per seed
-ORDERS = ("interleaved", "sequential")
+ORDERS = ("interleaved", "sequential", "paired")
 SEED_LIMIT = 2**63  # torch generators take 64-bit seeds; the runners add small offsets
 
 
@@ -38,7 +38,7 @@ class BenchConfig:
     flops: bool = True
     memory: bool = True
     max_background: float | None = None  # redo a timed run if other processes used more CPU
-    order: str = "interleaved"  # timed runs: round-robin over methods, or "sequential"
+    order: str = "interleaved"  # timed runs: round-robin over methods, "sequential", or "paired" with none
     command: list[str] | None = None  # recorded in the JSON
 
 
@@ -53,7 +53,7 @@ def check_config(config: BenchConfig) -> None:
     if len(set(config.seeds)) != len(config.seeds):
         raise BenchInputError(f"--seeds has duplicates: {config.seeds}")
     if config.order not in ORDERS:
-        raise BenchInputError(f"order must be 'interleaved' or 'sequential', got {config.order!r}")
+        raise BenchInputError(f"order must be one of {', '.join(ORDERS)}, got {config.order!r}")
     if config.threads is not None and config.threads < 1:
         raise BenchInputError(f"--threads must be >= 1, got {config.threads}")
     for name in ("steps", "batch", "resolution", "frames"):

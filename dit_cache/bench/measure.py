@@ -6,7 +6,9 @@
 2. timed generations, ``repeats`` per seed and method: ``order="interleaved"`` runs them in
    rounds, each round installing every method in turn (in a new seeded order after the first
    round) for one generation per seed, so drift of a shared machine hits every method alike;
-   ``"sequential"`` runs all of a method's repeats in one installation;
+   ``"sequential"`` runs all of a method's repeats in one installation; ``"paired"`` runs rounds
+   in which every method is timed right after a generation of ``none``, and the method's speedup
+   is the median of those adjacent ratios (drift slower than one pair cancels out);
 3. fidelity of each seed's final latents against the reference latents of the same seed.
 """
 from __future__ import annotations
@@ -120,6 +122,26 @@ def timed_runs(method: MethodRun, runner, seeds, prepared, config, progress, dev
                 progress.update(advance=1)
 
 
+def paired_rounds(methods: list[MethodRun], runner, seeds, prepared, config, progress, device) -> None:
+    """Each round, in a new seeded order: for every method, one timed generation of `none`, then
+    one of the method. ``pair_ratios``: the `none` time of each pair over the method's time."""
+    base = next((m for m in methods if m.spec.label == "none"), None)
+    if base is None or not base.ok:
+        raise RuntimeError("order='paired' needs a 'none' row that runs")
+    for r in range(config.repeats):
+        live = [m for m in methods if m.ok and m is not base]
+        random.Random(r).shuffle(live)
+        for m in live:
+            tag = f"round {r + 1}/{config.repeats}"
+            start = len(base.local["samples"])
+            timed_runs(base, runner, seeds, prepared, config, progress, device, 1, tag)
+            mine = len(m.local["samples"])
+            timed_runs(m, runner, seeds, prepared, config, progress, device, 1, tag)
+            if m.ok and base.ok:
+                m.local.setdefault("pair_ratios", []).append(
+                    sum(base.local["samples"][start:]) / sum(m.local["samples"][mine:]))
+
+
 def fidelity_phase(method: MethodRun, references: dict[int, torch.Tensor]) -> None:
     psnr, ssim, max_abs, max_rel = [], [], 0.0, 0.0
     for seed, out in method.outputs.items():
@@ -147,6 +169,8 @@ def measure(specs, runner, seeds, prepared, config, progress, device, unavailabl
                     random.Random(r).shuffle(live)
                 for m in live:
                     timed_runs(m, runner, seeds, prepared, config, progress, device, 1, f"round {r + 1}/{config.repeats}")
+        elif config.order == "paired":
+            paired_rounds(methods, runner, seeds, prepared, config, progress, device)
         else:
             for m in methods:
                 if m.ok:

@@ -57,8 +57,9 @@ def run_bench(config: BenchConfig, progress: bool = False, console=None) -> Benc
         seeds = list(config.seeds)[dist.rank :: dist.world_size]
         prepared = {seed: runner.prepare(seed) for seed in seeds}
         n_ok = sum(v is None for v in unavailable.values())
-        per_method = 1 + max(0, config.warmup - 1) + config.repeats * len(seeds)
-        bar = ProgressBar("[bold]{task.description}", per_method * n_ok if seeds else 0, enabled=progress and dist.is_main, console=console)
+        timed = config.repeats * len(seeds) * (2 * max(0, n_ok - 1) if config.order == "paired" else n_ok)
+        total = (1 + max(0, config.warmup - 1)) * n_ok + timed
+        bar = ProgressBar("[bold]{task.description}", total if seeds else 0, enabled=progress and dist.is_main, console=console)
         with bar:
             local = measure(specs, runner, seeds, prepared, config, bar, device, unavailable)
         gathered = dist.gather({"rank": dist.rank, "seeds": seeds, "methods": local})

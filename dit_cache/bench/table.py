@@ -10,12 +10,17 @@ SPEEDUP_COLUMNS = ("speedup", "efficiency")
 
 def latency_noise(result) -> tuple[float, str] | None:
     """(the largest latency IQR / median of the timed rows, its method) when it exceeds
-    NOISE_BOUND, else None."""
-    spreads = [
-        (r["latency_iqr_s"] / r["latency_s"], r["method"])
-        for r in result.rows
-        if r["status"] == "ok" and r.get("latency_iqr_s") is not None and r.get("latency_s")
-    ]
+    NOISE_BOUND, else None. A paired run's speedups are medians of adjacent ratios: there the
+    spread that matters is that of the ratios (drift between pairs cancels)."""
+    if result.meta.get("order") == "paired":
+        spreads = [(r["paired_spread"], r["method"]) for r in result.rows
+                   if r["status"] == "ok" and r.get("paired_spread") is not None]
+    else:
+        spreads = [
+            (r["latency_iqr_s"] / r["latency_s"], r["method"])
+            for r in result.rows
+            if r["status"] == "ok" and r.get("latency_iqr_s") is not None and r.get("latency_s")
+        ]
     worst = max(spreads, default=None)
     return worst if worst is not None and worst[0] > NOISE_BOUND else None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..bench.config import ORDERS
 from .common import COMMANDS, count, device, number
 
 _EPILOG = """\
@@ -72,8 +73,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="untimed generations first; the first is the instrumented one (FLOPs, memory) (default 1)")
     p.add_argument("--threads", type=count(1), help="torch intra-op threads (default: torch's; per rank under torchrun)")
     p.add_argument("--device", type=device, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--order", choices=("interleaved", "sequential"), default="interleaved",
-                   help="timed runs in rounds over all methods (default), or each method's repeats in a row")
+    p.add_argument("--order", choices=ORDERS, default="interleaved",
+                   help="timed runs in rounds over all methods (default); each method's repeats in a row "
+                        "(sequential); or each method right after `none`, speedup = median of those pairs (paired)")
     p.add_argument("--loop", action="store_true", help="drive the bare transformer even when a pipeline exists")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip FLOP counting")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probe")
