@@ -5,6 +5,7 @@ envelope, and the issue-12 targets checked.
     python benchmarks/frontier.py mnist-dit mnist-dit-retrofit mnist-skip-dit mnist-latte
     python benchmarks/frontier.py --latency mnist-dit   # re-time its rows on a quiet machine (5 rounds)
     python benchmarks/frontier.py --report     # re-draw plots and the summary from the JSON
+    python benchmarks/frontier.py --plans mnist-dit   # write its calibrated plans as schedule files
     python benchmarks/frontier.py mnist-dit --add calibrate:speedup=3.0,max_age=6   # more rows
 
 Evaluation: seeds 0-4 x 20 class-balanced samples = 100 per method (Latte: 0-1 x 10 clips, per
@@ -113,44 +114,53 @@ def add(model: str, methods: list[str]) -> None:
     write_csv(data["rows"], str(OUT / f"{model}.csv"))
 
 
-def plan_file(method: str) -> str:
-    """Where `--latency` writes the plan a ``calibrate:...`` row found."""
-    return str(OUT / "plans" / (method.replace(":", "_").replace(",", "_").replace("=", "-") + ".json"))
+def plan_file(model: str, method: str) -> str:
+    """Where `--latency` writes the plan a ``calibrate:...`` row of `model` found (one folder per
+    model: the same row label on two models is two plans)."""
+    return str(OUT / "plans" / model / (method.replace(":", "_").replace(",", "_").replace("=", "-") + ".json"))
+
+
+def write_plans(model: str) -> list[str]:
+    """Every row of a finished run as a bench method: its calibrated plans written as schedule
+    files (each once, atomically; same model, scheduler and timesteps as the zoo's schedule)."""
+    from dit_cache import StepPlanConfig, zoo
+    from dit_cache._common.files import atomic_write
+    from dit_cache.schedule_file import load_schedule, read_schedule_record, schedule_record
+
+    data = json.loads((OUT / f"{model}.json").read_text(encoding="utf-8"))
+    template = load_schedule(zoo.schedule_path(model))
+    scheduler_config = read_schedule_record(zoo.schedule_path(model))["scheduler_config"]
+    methods = []
+    for row in data["rows"]:
+        if row["method"] in ("unpatched", "none") or row.get("status") != "ok":
+            continue
+        if not row["method"].startswith("calibrate:"):
+            methods.append(row["method"])
+            continue
+        path = plan_file(model, row["method"])
+        config = StepPlanConfig(plan=tuple(row["setup"]["plan"]), timesteps=template.timesteps,
+                                model_class=template.model_class, config_hash=template.config_hash,
+                                scheduler_class=template.scheduler_class, long_skips=template.long_skips)
+        record = schedule_record(config, calibration={"from": row["method"], **row["setup"]["calibration"]})
+        record["scheduler_config"] = scheduler_config  # the template's: no scheduler object here
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8"))
+        methods.append(path)
+    return methods
 
 
 def latency(model: str, repeats: int = 5) -> None:
     """Re-time every row of a finished run on a quiet machine: its calibrated plans as schedule
     files (the fidelity run's seeds are not needed for latency), seed 0, `repeats` rounds after a
     warm-up, each method timed right after a `none` generation (order="paired": its speedup is
-    the median of those adjacent ratios, so the machine's slow drift cancels). Written to <model>_latency.json; the report takes measured speedups
-    from it."""
+    the median of those adjacent ratios, so the machine's slow drift cancels).
+    Written to <model>_latency.json; the report takes measured speedups from it."""
     import torch
 
-    from dit_cache import StepPlanConfig, zoo
     from dit_cache.bench import BenchConfig, run_bench
-    from dit_cache._common.files import atomic_write
-    from dit_cache.schedule_file import load_schedule, read_schedule_record, schedule_record
 
     torch.set_num_threads(1)
-    data = json.loads((OUT / f"{model}.json").read_text(encoding="utf-8"))
-    template = load_schedule(zoo.schedule_path(model))  # same model, scheduler and timesteps
-    scheduler_config = read_schedule_record(zoo.schedule_path(model))["scheduler_config"]
-    methods = []
-    for row in data["rows"]:
-        if row["method"] in ("unpatched", "none") or row.get("status") != "ok":
-            continue
-        if row["method"].startswith("calibrate:"):
-            path = plan_file(row["method"])
-            config = StepPlanConfig(plan=tuple(row["setup"]["plan"]), timesteps=template.timesteps,
-                                    model_class=template.model_class, config_hash=template.config_hash,
-                                    scheduler_class=template.scheduler_class, long_skips=template.long_skips)
-            record = schedule_record(config, calibration={"from": row["method"], **row["setup"]["calibration"]})
-            record["scheduler_config"] = scheduler_config  # the template's: no scheduler object here
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8"))
-            methods.append(path)
-        else:
-            methods.append(row["method"])
+    methods = write_plans(model)
     seeds, batch = SEEDS.get(model, (list(range(5)), 20))
     config = BenchConfig(model=model, methods=methods, steps=20, batch=batch, seeds=[seeds[0]], repeats=repeats,
                          warmup=1, threads=1, order="paired", memory=False,
@@ -165,7 +175,7 @@ def _rows(model: str) -> list[dict]:
     if timed.is_file():  # measured speedups from the quiet re-timing
         by_label = {r["method"]: r for r in json.loads(timed.read_text(encoding="utf-8"))["rows"]}
         for r in rows:
-            label = Path(plan_file(r["method"])).name if r["method"].startswith("calibrate:") else r["method"]
+            label = Path(plan_file(model, r["method"])).name if r["method"].startswith("calibrate:") else r["method"]
             t = by_label.get(label)
             if t is not None and t.get("speedup") is not None:
                 r["speedup"] = t["speedup"]
@@ -277,6 +287,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("models", nargs="*", metavar="MODEL", help=f"default: all of {', '.join(METHODS)}")
     p.add_argument("--report", action="store_true", help="only redraw plots and the summary")
     p.add_argument("--latency", action="store_true", help="re-time finished runs (quiet machine), then report")
+    p.add_argument("--plans", action="store_true", help="only write the calibrated rows' plan files (plans/MODEL/)")
     p.add_argument("--add", nargs="+", metavar="METHOD", help="run these methods on MODEL's seeds and add their rows")
     args = p.parse_args(argv)
     unknown = sorted(set(args.models) - set(METHODS))
@@ -286,6 +297,10 @@ def main(argv: list[str]) -> int:
         if len(args.models) != 1:
             p.error("--add needs exactly one MODEL")
         add(args.models[0], args.add)
+    elif args.plans:
+        for model in args.models:
+            write_plans(model)
+        return 0
     elif args.latency:
         for model in args.models:
             latency(model)
