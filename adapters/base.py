@@ -107,6 +107,9 @@ class BackboneAdapter:
     defaults: SkipCacheDefaults = SkipCacheDefaults()
     #: how every block of the model takes and returns its streams
     block_io: BlockIO = SINGLE_STREAM
+    #: block attribute -> site kind for `reuse_sites`; "self": self-attention, "spatial" or
+    #: "temporal" by the block's stack (or "cross" where the module says is_cross_attention)
+    site_attrs: dict[str, str] = {"attn1": "self", "attn2": "self", "ff": "mlp"}
     family: str = "?"
 
     def units(self, model: nn.Module) -> list[list[nn.Module]]:
@@ -135,21 +138,22 @@ class BackboneAdapter:
         return max(0, (n_units - 1) // 2)
 
     def reuse_sites(self, model: nn.Module) -> list[tuple[Site, nn.Module]]:
-        """The attention (`attn1`, `attn2`) and MLP (`ff`) submodules of every block.
+        """The `site_attrs` submodules of every block (default: `attn1`, `attn2`, `ff`).
 
-        An attention module with ``is_cross_attention`` is "cross"; other attention is "temporal"
-        when its block's name contains "temporal" (Latte's `temporal_transformer_blocks`), else
-        "spatial". Override for blocks laid out otherwise."""
+        A "self" attention module with ``is_cross_attention`` is "cross"; other attention is
+        "temporal" when its block's name contains "temporal" (Latte's
+        `temporal_transformer_blocks`), else "spatial". Override for blocks laid out otherwise."""
         names = {id(m): n for n, m in model.named_modules()}
         sites: list[tuple[Site, nn.Module]] = []
         for index, blocks in enumerate(self.units(model)):
             for block in blocks:
                 stack = "temporal" if "temporal" in names[id(block)] else "spatial"
-                for attr in ("attn1", "attn2", "ff"):
+                for attr, kind in self.site_attrs.items():
                     sub = getattr(block, attr, None)
                     if not isinstance(sub, nn.Module):
                         continue
-                    kind = "mlp" if attr == "ff" else "cross" if getattr(sub, "is_cross_attention", False) else stack
+                    if kind == "self":
+                        kind = "cross" if getattr(sub, "is_cross_attention", False) else stack
                     norm = self.input_norm(block, attr)
                     sites.append((Site(names[id(sub)], kind, index, names[id(norm)] if norm is not None else None), sub))
         return sites

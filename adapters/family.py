@@ -69,11 +69,38 @@ class FamilySpec:
     def latent_shape(self, batch: int, channels: int, side: int, frames: int | None) -> tuple[int, ...]:
         return (batch, channels, frames, side, side) if self.is_video else (batch, channels, side, side)
 
+    #: latent frames of a video model whose temporal length is free (`video_length` None)
+    default_frames: int = 3
+
+    def spatial_patch(self, config) -> int:
+        """Latent pixels per token side (a transformer config, or its dict)."""
+        return int(config["patch_size"] if isinstance(config, dict) else config.patch_size)
+
+    def native_resolution(self, config, vae_factor: int = 8) -> int:
+        """The pixel side the model was trained at (default: its latent `sample_size` x VAE)."""
+        return int(config["sample_size"] if isinstance(config, dict) else config.sample_size) * vae_factor
+
+    def tiny_vae(self, config: dict[str, Any]) -> nn.Module:
+        """The tiny test pipeline's VAE, from a tiny model config's "vae" (current RNG)."""
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL(**config["vae"]).eval().requires_grad_(False)
+
+    #: the built-in scheduler kinds (`--scheduler`) this family samples with: the DDPM-trained
+    #: families take every discrete one, a flow-matching family (SD3, FLUX, Wan) "flow-euler"
+    schedulers: tuple[str, ...] = ("ddim", "ddpm", "dpm++", "euler")
+    default_scheduler: str = "ddim"
+
     # -- schedulers ---------------------------------------------------------------------------
     def scheduler(self, kind: str, cls: type, kwargs: dict[str, Any], raw: bool = False):
         """The `kind` ("ddim", "euler", ...) scheduler for this family's pipeline, built as
         `cls(**kwargs)` unless the family's pipeline needs an adapted one (see DiT's Euler)."""
         return cls(**kwargs)
+
+    def set_timesteps(self, scheduler, steps: int, *, resolution: int, device=None) -> None:
+        """Set `steps` timesteps as the family's pipeline does for images of `resolution` pixels
+        (FLUX shifts its sigmas by the image's token count; others just call set_timesteps)."""
+        scheduler.set_timesteps(steps, device=device)
 
     # -- the diffusers pipeline ---------------------------------------------------------------
     def tiny_pipeline_parts(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +114,20 @@ class FamilySpec:
         `labels` or text `prompts`, at `resolution` pixels; output the final latents where the
         pipeline can (DiTPipeline cannot: it decodes)."""
         raise NotImplementedError
+
+    def pipeline_guidance(self, cfg_scale: float) -> dict[str, Any]:
+        """The pipeline call's guidance kwargs for a CFG scale (FLUX: its embedded guidance, and
+        true CFG above 1)."""
+        return {"guidance_scale": cfg_scale}
+
+    def pipeline_latents(self, output: torch.Tensor, resolution: int) -> torch.Tensor:
+        """The pipeline's latent output in the loop's layout (FLUX unpacks its tokens)."""
+        return output
+
+    @staticmethod
+    def model_timestep(t):
+        """The timestep as the family's pipeline hands it to the transformer (FLUX: t / 1000)."""
+        return t
 
     def bench_labels(self, config, seed: int, batch: int) -> list[int]:
         """Class labels of bench seed `seed` (empty for a text-conditioned family)."""
@@ -235,6 +276,18 @@ def spec_for_model(model: nn.Module | type) -> FamilySpec:
         if base in by_class:
             return by_class[base]
     raise ValueError(f"no model family describes {cls.__name__}; known: {', '.join(transformer_class_names())}")
+
+
+def set_pipeline_timesteps(model: nn.Module, scheduler, steps: int, resolution: int | None = None, device=None) -> None:
+    """`scheduler.set_timesteps(steps)` as the pipeline of `model`'s family sets it (FLUX shifts
+    by the image size: `resolution` px, default the model's native one); a model of no known
+    family gets the plain call."""
+    try:
+        spec = spec_for_model(model)
+    except ValueError:
+        scheduler.set_timesteps(steps, device=device)
+        return
+    spec.set_timesteps(scheduler, steps, resolution=resolution or spec.native_resolution(model.config), device=device)
 
 
 def spec_for_transformer_class(class_name: str | None) -> FamilySpec | None:

@@ -1,5 +1,5 @@
 """Tiny offline components for the built-in test pipelines: a VAE config, and T5 / BERT text
-encoders with tokenizers built in memory from a small word list (no download, no vocab file).
+encoders with tokenizers built in memory, and a CLIP tokenizer from a small word list (no download, no vocab file).
 
 `transformers` is imported inside the builders: importing the adapters stays light. The in-memory
 ``T5Tokenizer(vocab=[(piece, score), ...])`` needs transformers >= 5 (tokenizers backend)."""
@@ -60,6 +60,30 @@ def t5_tokenizer():
     vocab += [(ch, -5.0) for ch in _CHARS]
     tok = T5Tokenizer(vocab=vocab, extra_ids=0)
     tok.model_max_length = 512
+    return tok
+
+
+def clip_tokenizer(max_length: int = 77):
+    """A byte-level BPE `CLIPTokenizer` built in memory: every character alone (and word-final,
+    ``c</w>``), plus left-to-right merges spelling every word of `WORDS` (a merge learned for a
+    shorter word may split a longer one: every piece is in the vocabulary, none is unknown).
+    <|startoftext|> is 0 and <|endoftext|> 1 (CLIP's pooler looks for the eos id, which must not be 2)."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    merges: dict[tuple[str, str], None] = {}  # ordered, without duplicates
+    for ch in _CHARS:
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    for word in WORDS:
+        parts = [*word[:-1], word[-1] + "</w>"]
+        left = parts[0]
+        for right in parts[1:]:
+            merges[left, right] = None
+            left += right
+            vocab.setdefault(left, len(vocab))
+    tok = CLIPTokenizer(vocab=vocab, merges=list(merges))
+    tok.model_max_length = max_length
     return tok
 
 

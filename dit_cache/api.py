@@ -8,6 +8,7 @@ import functools
 import torch
 from torch import nn
 
+from .adapters.family import set_pipeline_timesteps
 from .methods import load_methods
 from .runtime.fusion import FUSION_MODES, LongSkipFusion
 from .runtime.hooks import STEP_HOOK, SchedulerWatch, StepHook
@@ -257,10 +258,13 @@ def reset(model_or_pipeline) -> None:
     require_state(model_or_pipeline).tracker.reset()
 
 
-def schedule_pattern(model_or_pipeline, num_inference_steps: int, schedule=None, scheduler=None, **options) -> str:
+def schedule_pattern(model_or_pipeline, num_inference_steps: int, schedule=None, scheduler=None, *,
+                     resolution: int | None = None, **options) -> str:
     """The `F`/`c` pattern the schedule will follow for `num_inference_steps` steps of
     `scheduler` (default: the pipeline's own). Uses the model's patched config, or resolves
-    `schedule` (+ `options`) against the model's backbone defaults without patching."""
+    `schedule` (+ `options`) against the model's backbone defaults without patching.
+    `resolution` (pixels): for a sampler whose timesteps depend on the image size (FLUX's
+    dynamic shift; default: the model's native size)."""
     model = resolve_model(model_or_pipeline)
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
@@ -274,7 +278,7 @@ def schedule_pattern(model_or_pipeline, num_inference_steps: int, schedule=None,
         config = _apply_options(resolve_schedule(schedule or "skip-dit"), options)
         config = get_method(config).resolve_config(config, get_adapter(model), model)
     scheduler = copy.deepcopy(scheduler)
-    scheduler.set_timesteps(num_inference_steps)
+    set_pipeline_timesteps(model, scheduler, num_inference_steps, resolution)
     timesteps = [float(t) for t in scheduler.timesteps]
     pattern = getattr(config, "pattern", None)
     return pattern(timesteps) if pattern is not None else "F" * len(timesteps)

@@ -17,7 +17,8 @@ class ExecutionCounter:
         self._handles = []
         for u, blocks in enumerate(get_adapter(model).units(model)):
             for block in blocks:
-                self._handles.append(block.attn1.register_forward_pre_hook(self._hook(u)))
+                attn = getattr(block, "attn1", None) or block.attn  # SD3 / FLUX blocks: `attn`
+                self._handles.append(attn.register_forward_pre_hook(self._hook(u)))
 
     def _hook(self, unit: int):
         def hook(module, args):
@@ -46,3 +47,29 @@ def expected_block_calls(model, pattern: str, calls_per_step: int, shallow: int)
 
 def max_rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def set_family_timesteps(sched, name: str, steps: int) -> None:
+    """`sched.set_timesteps(steps)` as the pipeline of tiny model `name` does it (FLUX shifts by
+    the image size)."""
+    from dit_cache.adapters import family_spec
+    from dit_cache.testing import family_of, model_config
+
+    family_spec(family_of(name)).set_timesteps(sched, steps, resolution=model_config(name)["resolution"])
+
+
+def model_t(name: str, t: float):
+    """The timestep value the family's pipeline hands its transformer (FLUX: t / 1000)."""
+    from dit_cache.adapters import family_spec
+    from dit_cache.testing import family_of
+
+    return family_spec(family_of(name)).model_timestep(t)
+
+
+def calls_per_step(name: str, cfg: bool = True) -> int:
+    """Model calls per denoising step of the family's pipeline: 2 where CFG is two sequential
+    calls (Wan: cond, then uncond), else 1 (batched CFG, or none)."""
+    from dit_cache.adapters import family_spec
+    from dit_cache.testing import family_of
+
+    return 2 if cfg and not family_spec(family_of(name)).cfg_batched_kwargs else 1

@@ -12,6 +12,7 @@ import re
 from collections import Counter
 
 import torch
+from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_processor import Attention
 
 KINDS = ("spatial", "temporal", "cross", "mlp")
@@ -21,9 +22,10 @@ def site_kinds(model: torch.nn.Module) -> dict[str, str]:
     """qualified name -> kind for every attn1/attn2/ff submodule of the model's blocks."""
     out = {}
     for name, mod in model.named_modules():
-        if isinstance(mod, Attention) and re.search(r"blocks\.\d+\.attn[12]$", name):
-            out[name] = "cross" if mod.is_cross_attention else ("temporal" if "temporal" in name else "spatial")
-        elif re.search(r"blocks\.\d+\.ff$", name):
+        if isinstance(mod, (Attention, AttentionModuleMixin)) and re.search(r"blocks\.\d+\.attn[12]?$", name):
+            cross = getattr(mod, "is_cross_attention", False)
+            out[name] = "cross" if cross else ("temporal" if "temporal" in name else "spatial")
+        elif re.search(r"blocks\.\d+\.(ff|ff_context|ffn|proj_mlp)$", name):
             out[name] = "mlp"
     return out
 
@@ -44,8 +46,11 @@ class SubmoduleCounter:
         modules = dict(model.named_modules())
         for name, kind in self.kinds.items():
             mod = modules[name]
-            inner = mod.to_q if kind != "mlp" else mod.net[0]
             self._handles.append(mod.register_forward_pre_hook(self._hook(self.calls, kind)))
+            if isinstance(mod, torch.nn.Linear):  # FLUX's proj_mlp: no submodule to see it run
+                self._handles.append(mod.register_forward_hook(self._fresh_output(kind, name)))
+                continue
+            inner = mod.to_q if kind != "mlp" else mod.net[0]
             self._handles.append(inner.register_forward_pre_hook(self._hook(self.executed, kind, name)))
 
     def _model_call(self, module, args):
@@ -60,6 +65,20 @@ class SubmoduleCounter:
 
         return hook
 
+    def _fresh_output(self, kind: str, name: str):
+        """An executed call returns a new tensor; a reused one shares an earlier output's storage
+        (outputs are kept alive, so no address is recycled)."""
+        seen, keep = set(), []
+
+        def hook(module, args, out):
+            ptr = out.untyped_storage().data_ptr()
+            if ptr not in seen:
+                self._hook(self.executed, kind, name)(module, args)
+            seen.add(ptr)
+            keep.append(out)
+
+        return hook
+
     def reused(self, kind: str) -> int:
         return self.calls[kind] - self.executed[kind]
 
@@ -71,8 +90,10 @@ class SubmoduleCounter:
 def timesteps_of(pipe, steps: int) -> list[float]:
     import copy
 
+    from dit_cache.adapters.family import set_pipeline_timesteps
+
     sched = copy.deepcopy(pipe.scheduler)
-    sched.set_timesteps(steps)
+    set_pipeline_timesteps(pipe.transformer, sched, steps)
     return [float(t) for t in sched.timesteps]
 
 

@@ -58,13 +58,13 @@ def test_the_plan_meets_its_budget_and_its_reported_fidelity(calibrated):
 
 
 def test_the_flop_ratio_is_what_flop_counter_counts(calibrated):
-    from torch.utils.flop_counter import FlopCounterMode
+    from dit_cache.runtime.flops import flop_counter
 
     model, _, cal = calibrated
     totals = []
     for config in (StepPlanConfig(plan=("F",) * STEPS), cal.config):
         dit_cache.patch(model, config)
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             _generate(model)(0)
         dit_cache.unpatch(model)
         totals.append(counter.get_total_flops())

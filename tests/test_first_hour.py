@@ -20,7 +20,8 @@ from dit_cache._common.timesteps import builtin_timesteps
 from dit_cache.cli.main import build_parser, main
 from dit_cache.cli.tiny_facts import TINY_FACTS, tiny_pattern
 from dit_cache.runtime.registry import get_adapter
-from dit_cache.testing import SCHEDULER_NAMES, TINY_MODELS, build_scheduler, build_transformer, family_of
+from dit_cache.adapters import family_spec
+from dit_cache.testing import SCHEDULER_NAMES, TINY_MODELS, build_scheduler, build_transformer, family_of, model_config
 
 
 def _run_python(code: str) -> str:
@@ -45,17 +46,25 @@ def test_import_and_help_do_not_load_torch_or_diffusers():
     assert loaded == "[]"
 
 
-@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 @pytest.mark.parametrize("model", TINY_MODELS)
-def test_torch_free_timesteps_are_diffusers_for_every_step_count(model, scheduler):
+def test_torch_free_timesteps_are_diffusers_for_every_step_count(model):
     facts = TINY_FACTS[model]
-    reference = build_scheduler(scheduler, family_of(model))
-    assert (reference.config.num_train_timesteps, reference.config.get("steps_offset", 0)) == (
-        facts.num_train_timesteps, facts.steps_offset)
-    for steps in range(1, facts.num_train_timesteps + 1):
-        reference.set_timesteps(steps)
-        got = builtin_timesteps(scheduler, steps, facts.num_train_timesteps, facts.steps_offset)
-        assert got == [float(t) for t in reference.timesteps], steps
+    spec = family_spec(family_of(model))
+    assert facts.schedulers == (spec.default_scheduler, *[s for s in spec.schedulers if s != spec.default_scheduler])
+    for scheduler in SCHEDULER_NAMES:
+        if scheduler not in spec.schedulers:  # refused with a clear error, by both
+            with pytest.raises(ValueError, match="samples with"):
+                build_scheduler(scheduler, model)
+            with pytest.raises(ValueError, match="samples with"):
+                tiny_pattern(dit_cache.presets()["fora"], model, scheduler, 4)
+            continue
+        reference = build_scheduler(scheduler, family_of(model))
+        assert (reference.config.num_train_timesteps, reference.config.get("steps_offset", 0)) == (
+            facts.num_train_timesteps, facts.steps_offset)
+        for steps in range(1, facts.num_train_timesteps + 1):
+            spec.set_timesteps(reference, steps, resolution=model_config(model)["resolution"])
+            got = builtin_timesteps(scheduler, steps, facts.num_train_timesteps, facts.steps_offset, facts.shift, facts.mu)
+            assert got == [float(t) for t in reference.timesteps], (scheduler, steps)
 
 
 @pytest.mark.parametrize("model", TINY_MODELS)
@@ -70,7 +79,7 @@ def test_tiny_facts_are_the_built_models_and_give_their_patterns(model):
         family_of(model), len(adapter.units(built)), adapter.max_shallow(built), adapter.defaults)
     assert facts.kinds == {site.kind for site, _ in adapter.reuse_sites(built)}
     for preset in dit_cache.presets():
-        for scheduler in SCHEDULER_NAMES:
+        for scheduler in facts.schedulers:
             for steps in (1, 2, 7, 20, 50):
                 expected = dit_cache.schedule_pattern(built, steps, schedule=preset,
                                                       scheduler=build_scheduler(scheduler, family_of(model)))

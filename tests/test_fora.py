@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from helpers import model_t, set_family_timesteps
 import dit_cache
 from dit_cache import FORAConfig
 from dit_cache.methods.layer_reuse import LayerReuseMethod
@@ -140,14 +141,14 @@ def _bare_loop(model, name, timesteps, seeds, latents_seed=None):
     with torch.no_grad():
         for t in timesteps:
             for kw in inputs:
-                outs.append(model(**dict(kw, timestep=torch.full_like(kw["timestep"], t)))[0])
+                outs.append(model(**dict(kw, timestep=torch.full_like(kw["timestep"], model_t(name, t))))[0])
     return outs
 
 
 @pytest.mark.parametrize("preset", ["fora", "pab-236"])
 def test_sequential_cfg_keeps_one_store_per_branch(name, model, preset):
-    sched = build_scheduler("ddim", family_of(name))
-    sched.set_timesteps(8)
+    sched = build_scheduler(None, family_of(name))
+    set_family_timesteps(sched, name, 8)
     ts = [float(t) for t in sched.timesteps]
     cond_only, uncond_only = copy.deepcopy(model), copy.deepcopy(model)
     for m in (model, cond_only, uncond_only):
@@ -190,8 +191,8 @@ def test_new_generation_and_reset_drop_stored_outputs():
 
 
 def test_bare_model_counts_match_prediction(name, model):
-    sched = build_scheduler("ddim", family_of(name))
-    sched.set_timesteps(7)
+    sched = build_scheduler(None, family_of(name))
+    set_family_timesteps(sched, name, 7)
     ts = [float(t) for t in sched.timesteps]
     dit_cache.patch(model, "fora-3")
     counter = SubmoduleCounter(model)
@@ -239,8 +240,8 @@ class _NormOps(TorchDispatchMode):
 def test_a_reusing_site_skips_the_norm_only_it_reads(name, model, preset, monkeypatch):
     """On a reuse call the normalization feeding only that site is not computed (counted at the
     aten op), and every output is bit for bit the one of the same method computing it."""
-    sched = build_scheduler("ddim", family_of(name))
-    sched.set_timesteps(6)
+    sched = build_scheduler(None, family_of(name))
+    set_family_timesteps(sched, name, 6)
     ts = [float(t) for t in sched.timesteps]
     computing = copy.deepcopy(model)
     dit_cache.patch(model, preset)

@@ -10,7 +10,8 @@ import torch
 import dit_cache
 from dit_cache.testing import TINY_MODELS, build_pipeline, pipeline_inputs, run_pipeline
 from dit_cache import FORAConfig, NoCacheConfig, PABConfig
-from helpers import ExecutionCounter, expected_block_calls
+import dit_cache.runtime.patch_state
+from helpers import ExecutionCounter, calls_per_step, expected_block_calls
 from reuse_helpers import SubmoduleCounter, module_snapshot, predicted_counts, timesteps_of
 
 STEPS = 8  # DDIM: 875 ... 0, steps 1-6 inside PAB's (100, 800) window
@@ -49,10 +50,11 @@ def test_counts_match_the_schedule(backbone, preset):
     config = type(dit_cache.presets()[preset])(**s["config"])  # resolved for this backbone
     ts = timesteps_of(pipe, STEPS)
 
-    assert s["calls"] == STEPS and s["pattern"] == dit_cache.schedule_pattern(pipe, STEPS)
+    per_step = calls_per_step(name)
+    assert s["calls"] == STEPS * per_step and s["pattern"] == dit_cache.schedule_pattern(pipe, STEPS)
     n_blocks = sum(len(unit) for unit in dit_cache.runtime.registry.get_adapter(model).units(model))
-    assert s["block_calls"] == n_blocks * STEPS and s["blocks_skipped"] == 0
-    predicted = predicted_counts(model, config, ts)
+    assert s["block_calls"] == n_blocks * STEPS * per_step and s["blocks_skipped"] == 0
+    predicted = predicted_counts(model, config, ts, per_step)
     for kind, (computed, reused) in predicted.items():
         assert (counter.executed[kind], counter.reused(kind)) == (computed, reused), kind
         if kind != "mlp" and not isinstance(config, NoCacheConfig):
@@ -117,5 +119,5 @@ def test_patch_on_the_bare_model_inside_an_unmodified_pipeline(backbone, preset)
     s = dit_cache.stats(pipe.transformer)
     assert s["attn_reused"] > 0 and torch.isfinite(out).all()
     # the blocks themselves always run (only their attention/MLP submodules reuse)
-    assert counter.count == expected_block_calls(pipe.transformer, "F" * STEPS, 1, 0)
+    assert counter.count == expected_block_calls(pipe.transformer, "F" * STEPS, calls_per_step(name), 0)
     dit_cache.unpatch(pipe.transformer)

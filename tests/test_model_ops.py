@@ -3,13 +3,14 @@ import copy
 
 import torch
 
+from helpers import model_t, set_family_timesteps
 import dit_cache
 from dit_cache.testing import build_scheduler, family_of, transformer_inputs
 
 
 def _generation(model, name, steps=6, dtype=torch.float32, seed=1):
-    sched = build_scheduler("ddim", family_of(name))
-    sched.set_timesteps(steps)
+    sched = build_scheduler(None, family_of(name))
+    set_family_timesteps(sched, name, steps)
     kw = transformer_inputs(name, batch=2, seed=seed, transformer=model, dtype=dtype)
     with torch.no_grad():
         return [model(**dict(kw, timestep=torch.full_like(kw["timestep"], float(t))))[0] for t in sched.timesteps]
@@ -25,8 +26,8 @@ def test_two_patched_models_are_independent(name, model):
         dit_cache.patch(b, "skip-dit", start=1000.0, interval=3, fusion=replace)
     ref_a, ref_b = _generation(alone_a, name), _generation(alone_b, name)
     # interleave the two models call by call
-    sched = build_scheduler("ddim", family_of(name))
-    sched.set_timesteps(6)
+    sched = build_scheduler(None, family_of(name))
+    set_family_timesteps(sched, name, 6)
     kw = transformer_inputs(name, batch=2, seed=1, transformer=model)
     outs_a, outs_b = [], []
     with torch.no_grad():

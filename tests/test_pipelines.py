@@ -3,8 +3,9 @@ import pytest
 import torch
 
 import dit_cache
-from dit_cache.testing import build_pipeline, pipeline_inputs, run_pipeline
-from helpers import ExecutionCounter, expected_block_calls, max_rel_err
+from dit_cache.adapters import family_spec
+from dit_cache.testing import build_pipeline, family_of, pipeline_inputs, run_pipeline
+from helpers import ExecutionCounter, calls_per_step, expected_block_calls, max_rel_err
 
 STEPS = 8
 
@@ -48,22 +49,24 @@ def test_skip_cache_executes_predicted_blocks_and_stays_close(name, pipe):
     assert s["pattern"] == dit_cache.schedule_pattern(pipe, STEPS)
     assert s["cached_steps"] >= 3
     k = s["config"]["shallow"]
-    predicted = expected_block_calls(pipe.transformer, s["pattern"], calls_per_step=1, shallow=k)
+    predicted = expected_block_calls(pipe.transformer, s["pattern"], calls_per_step=calls_per_step(name), shallow=k)
     assert s["block_calls"] == predicted == counter.count
     assert torch.isfinite(out).all()
     assert max_rel_err(out, reference) < 0.5
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "dpm++", "euler"])
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "dpm++", "euler", "flow-euler"])
 @pytest.mark.parametrize("steps", [5, 12])
 def test_scheduler_and_step_count_matrix(name, scheduler, steps):
+    if scheduler not in family_spec(family_of(name)).schedulers:
+        pytest.skip(f"{name} does not sample with {scheduler} (refused: tests/test_families.py)")
     pipe = build_pipeline(name, scheduler=scheduler)
     dit_cache.patch(pipe, "skip-dit", start=1000.0, interval=3)
     counter = ExecutionCounter(pipe.transformer)
     out = run_pipeline(pipe, pipeline_inputs(name, num_inference_steps=steps))
     s = dit_cache.stats(pipe)
     assert torch.isfinite(out).all()
-    assert s["calls"] == steps and s["full_steps"] + s["cached_steps"] == steps
+    assert s["calls"] == steps * calls_per_step(name) and s["full_steps"] + s["cached_steps"] == steps
     assert s["pattern"] == dit_cache.schedule_pattern(pipe, steps)
     assert s["block_calls"] == counter.count
     assert s["cached_steps"] >= 1
@@ -75,7 +78,7 @@ def test_changing_steps_batch_and_resolution_between_generations(name, pipe):
     for steps, batch in ((6, 1), (9, 2), (4, 1)):
         run_pipeline(pipe, pipeline_inputs(name, num_inference_steps=steps, batch=batch))
         s = dit_cache.stats(pipe)
-        assert s["calls"] == steps and s["pattern"] == dit_cache.schedule_pattern(pipe, steps)
+        assert s["calls"] == steps * calls_per_step(name) and s["pattern"] == dit_cache.schedule_pattern(pipe, steps)
         first = first or s["generation"]
     assert dit_cache.stats(pipe)["generation"] == first + 2
     # the same request again gives the same output: no state leaks across generations

@@ -6,7 +6,7 @@ import torch
 
 import dit_cache
 from dit_cache.testing import build_scheduler, family_of, transformer_inputs
-from helpers import ExecutionCounter, expected_block_calls
+from helpers import model_t, set_family_timesteps, ExecutionCounter, expected_block_calls
 
 
 def _sample(model, name, timesteps, seeds=(1,), batch=1, latents_seed=None):
@@ -27,8 +27,8 @@ def _sample(model, name, timesteps, seeds=(1,), batch=1, latents_seed=None):
 
 
 def _timesteps(name, steps=8):
-    sched = build_scheduler("ddim", family_of(name))
-    sched.set_timesteps(steps)
+    sched = build_scheduler(None, family_of(name))
+    set_family_timesteps(sched, name, steps)
     return sched, [float(t) for t in sched.timesteps]
 
 

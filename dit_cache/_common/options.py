@@ -16,8 +16,8 @@ DTYPES = {
     "bfloat16": "bfloat16", "bf16": "bfloat16",
 }  # fmt: skip
 #: the built-in schedulers (`--scheduler`; dit_cache.testing.SCHEDULERS builds them)
-SCHEDULER_NAMES = ("ddim", "ddpm", "dpm++", "euler")
-DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?")  # the devices the tooling runs on (--device)
+SCHEDULER_NAMES = ("ddim", "ddpm", "dpm++", "euler", "flow-euler")
+DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?|meta")  # the devices the tooling runs on (--device; meta: FLOPs only)
 _WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False, "none": None, "null": None}
 
 

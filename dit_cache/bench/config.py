@@ -68,7 +68,7 @@ def check_config(config: BenchConfig) -> None:
     if config.max_background is not None and not (_finite(config.max_background) and 0 <= config.max_background <= 1):
         raise BenchInputError(f"--max-background must be a share of the CPUs in [0, 1], got {config.max_background!r}")
     if config.device is not None and not (isinstance(config.device, str) and DEVICE_NAME.fullmatch(config.device)):
-        raise BenchInputError(f"--device must be cpu, cuda or cuda:N, got {config.device!r}")
+        raise BenchInputError(f"--device must be cpu, cuda, cuda:N or meta, got {config.device!r}")
 
 
 def _finite(value) -> bool:

@@ -3,8 +3,8 @@
 - FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one whole generation (matmuls,
   convolutions and attention; element-wise ops are not counted, the usual convention). Torch's
   table has no entry for the fused CPU attention kernel
-  (``aten._scaled_dot_product_flash_attention_for_cpu``); it is added here with torch's own
-  SDPA formula, so attention counts on CPU as it does on GPU.
+  (``aten._scaled_dot_product_flash_attention_for_cpu``); runtime/flops.py adds it with torch's
+  own SDPA formula, so attention counts on CPU as it does on GPU and on the meta device.
 - Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the generation (every tensor on
   the device). On CPU, the profiler's allocator events (``torch.profiler`` with
   ``profile_memory=True``): the bytes of the model's parameters and buffers (every component,
@@ -23,22 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-
-def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def _custom_flop_mapping() -> dict:
-    mapping = {}
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is not None:
-        from torch.utils.flop_counter import flop_registry
-
-        if op.default not in flop_registry and op not in flop_registry:
-            mapping[op.default] = _sdpa_cpu_flops
-    return mapping
+from ..runtime.flops import flop_counter
 
 
 def state_bytes(modules: list[nn.Module]) -> int:
@@ -85,9 +70,8 @@ def instrumented_run(
     with ExitStack() as stack:
         counter = None
         if count_flops:
-            from torch.utils.flop_counter import FlopCounterMode
 
-            counter = stack.enter_context(FlopCounterMode(display=False, custom_mapping=_custom_flop_mapping()))
+            counter = stack.enter_context(flop_counter())
             starts: list[int] = []
 
             def before_call(module, args):

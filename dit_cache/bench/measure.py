@@ -10,6 +10,10 @@
    in which every method is timed right after a generation of ``none``, and the method's speedup
    is the median of those adjacent ratios (drift slower than one pair cancels out);
 3. fidelity of each seed's final latents against the reference latents of the same seed.
+
+On the meta device (a real-size model that does not fit or would take hours) only phase 1
+runs: nothing is computed, FlopCounterMode counts by shape, and the step patterns are the
+schedule's (runtime/fingerprint.py makes every meta call look like the same latents).
 """
 from __future__ import annotations
 
@@ -72,7 +76,7 @@ def prepare_phase(method: MethodRun, runner, seeds, prepared, config, progress, 
         progress.update(description=f"{spec.label}: instrumented run")
         inst = instrumented_run(
             lambda: runner.generate(first), runner.transformer, runner.modules(), device,
-            count_flops=config.flops, measure_memory=config.memory,
+            count_flops=config.flops, measure_memory=config.memory and torch.device(device).type != "meta",
         )
         stats = applied.stats()
         progress.update(advance=1)
@@ -161,7 +165,8 @@ def measure(specs, runner, seeds, prepared, config, progress, device, unavailabl
     for m in methods:
         if m.ok:
             prepare_phase(m, runner, seeds, prepared, config, progress, device)
-    if seeds:
+    counting_only = torch.device(device).type == "meta"  # no data: FLOPs and step patterns only
+    if seeds and not counting_only:
         if config.order == "interleaved":
             for r in range(config.repeats):
                 live = [m for m in methods if m.ok]
@@ -179,7 +184,7 @@ def measure(specs, runner, seeds, prepared, config, progress, device, unavailabl
     # trained long-skip adapters are part of its function
     ref = methods[1] if runner.adapter_fusion else methods[0]
     for m in methods:
-        if m.ok and m.outputs:
+        if m.ok and m.outputs and not counting_only:
             if ref.outputs:
                 fidelity_phase(m, ref.outputs)
             m.local.update(runner.quality(m.outputs))

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from .._common.progress import ProgressBar
+from ..adapters.family import set_pipeline_timesteps
 from ..api import patch, unpatch
 from ..methods.plan import StepPlanConfig, parse_action
 from ..runtime.model_id import config_hash
@@ -136,7 +137,7 @@ def calibrate(model_or_pipeline, speedup: float | None = 2.0, num_inference_step
             raise ValueError(f"this {type(model).__name__} is already patched: unpatch it before calibrating")
         install, uninstall = (lambda cfg: patch(model_or_pipeline, cfg)), (lambda: unpatch(model))
     actions = list(actions) if actions is not None else default_actions(model)
-    scheduler.set_timesteps(num_inference_steps)
+    set_pipeline_timesteps(model, scheduler, num_inference_steps)
     timesteps = tuple(float(t) for t in scheduler.timesteps)
     n = len(timesteps)
     base = dict(timesteps=timesteps, model_class=type(model).__name__, config_hash=config_hash(model),

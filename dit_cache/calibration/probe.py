@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from ..runtime.flops import flop_counter
 
 from ..runtime.tracker import CallContext, Generation
 
@@ -82,7 +82,7 @@ class Prober:
         ctx = CallContext(gen, step=step, branch=branch, full=action == "F", tracked=True, scratch={"action": action})
         with self.state.tracker.pinned(ctx), torch.no_grad():
             if action not in self.flops:
-                with FlopCounterMode(display=False) as counter:
+                with flop_counter() as counter:
                     out = output_tensor(self.model.forward(*args, **kwargs))
                 self.flops[action] = counter.get_total_flops()
                 return out

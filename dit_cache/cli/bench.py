@@ -52,8 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", nargs="+", action="extend", default=None, metavar="MODEL",
                    help=f"one or more (benchmarked one after the other): a zoo model ({', '.join(ZOO_MODELS)}), "
-                        f"a built-in architecture with random weights (tiny-dit, tiny-latte, tiny-hunyuan, dit-s-2, "
-                        f"dit-xl-2, latte-1, hunyuan-dit), a local diffusers directory or a `ditcache finetune` "
+                        f"a built-in architecture with random weights (tiny-dit, tiny-latte, tiny-hunyuan, tiny-pixart, "
+                        f"tiny-wan, dit-s-2, dit-xl-2, latte-1, hunyuan-dit, pixart-sigma, wan2.1-1.3b; the "
+                        f"real-size ones with --device meta for FLOPs only), a local diffusers directory or a `ditcache finetune` "
                         f"result folder (default: {' '.join(DEFAULT_SUITE)})")
     p.add_argument("--methods", nargs="+", action="extend", metavar="SPEC", help="methods to compare (default: none, skip-dit, "
                    "fora, a PAB preset, and diffusers' PAB/FasterCache)")
@@ -72,7 +73,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=count(0), default=1,
                    help="untimed generations first; the first is the instrumented one (FLOPs, memory) (default 1)")
     p.add_argument("--threads", type=count(1), help="torch intra-op threads (default: torch's; per rank under torchrun)")
-    p.add_argument("--device", type=device, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--device", type=device, help="cpu, cuda or cuda:N (default: cuda if available); meta: FLOPs and "
+                                                 "step patterns only, for real-size models (nothing is computed)")
     p.add_argument("--order", choices=ORDERS, default="interleaved",
                    help="timed runs in rounds over all methods (default); each method's repeats in a row "
                         "(sequential); or each method right after `none`, speedup = median of those pairs (paired)")

@@ -74,6 +74,8 @@ def cmd_calibrate(args) -> int:
         torch.set_num_threads(args.threads)
     batch = args.batch if args.batch is not None else (ZOO_DEFAULT_BATCH if args.model in ZOO_MODELS else 1)
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dev == "meta":
+        raise UsageError("calibration measures output errors, which the meta device cannot compute: use cpu or cuda")
     settings = RunSettings(steps=args.steps, scheduler=args.scheduler, batch=batch, device=dev)
     try:
         runner = load_runner(args.model, settings)

@@ -83,9 +83,9 @@ def number(low: float | None = None, high: float | None = None, *, low_open: boo
 
 
 def device(text: str) -> str:
-    """An argparse type: ``cpu``, ``cuda`` or ``cuda:N`` (availability is checked by the command)."""
+    """An argparse type: ``cpu``, ``cuda``, ``cuda:N`` or ``meta`` (availability is checked by the command)."""
     from .._common.options import DEVICE_NAME
 
     if not DEVICE_NAME.fullmatch(text.strip()):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or meta, got {text!r}")
     return text.strip()

@@ -11,7 +11,12 @@ from .tiny_facts import TINY_FACTS, tiny_pattern
 def cmd_schedule(args) -> int:
     from ..schedules import PRESETS
 
-    if args.steps <= TINY_FACTS[args.model].num_train_timesteps:
+    facts = TINY_FACTS[args.model]
+    args.scheduler = args.scheduler or facts.default_scheduler
+    if args.scheduler not in facts.schedulers:
+        console.print(f"[red]error:[/red] {args.model} samples with {', '.join(facts.schedulers)}, not {args.scheduler}")
+        return 2
+    if args.steps <= facts.num_train_timesteps:
         pattern = tiny_pattern(PRESETS[args.preset], args.model, args.scheduler, args.steps)
     else:
         from ..api import schedule_pattern
@@ -31,6 +36,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("schedule", help=COMMANDS["schedule"])
     p.add_argument("preset", choices=sorted(PRESETS), metavar="PRESET", help="a preset (ditcache presets lists them)")
     p.add_argument("--model", default="tiny-dit", choices=list(TINY_FACTS), help="a tiny model (default tiny-dit)")
-    p.add_argument("--scheduler", default="ddim", choices=SCHEDULER_NAMES, help="the sampler (default ddim)")
+    p.add_argument("--scheduler", choices=SCHEDULER_NAMES,
+                   help="the sampler (default: the model's, ddim or flow-euler for the flow-matching families)")
     p.add_argument("--steps", type=count(1), default=50, help="denoising steps, >= 1 (default 50)")
     p.set_defaults(func=cmd_schedule)

@@ -3,6 +3,7 @@ dispatch hook per hooked submodule (a block, or an attention/MLP site), which ha
 to the active cache method. Nothing is patched at class level."""
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -161,6 +162,11 @@ class SchedulerWatch:
         self.had_attr = "set_timesteps" in scheduler.__dict__
         self.inner = scheduler.set_timesteps
         scheduler.set_timesteps = self
+
+    @property
+    def __signature__(self):
+        # pipelines ask `inspect.signature(scheduler.set_timesteps)` whether it takes sigmas (FLUX)
+        return inspect.signature(self.inner)
 
     def __call__(self, *args, **kwargs):
         if self.active:

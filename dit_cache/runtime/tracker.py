@@ -21,6 +21,7 @@ timesteps are training calls: always full, untracked, and they drop the thread's
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import itertools
 import math
@@ -114,10 +115,31 @@ def tensor_bytes(value) -> int:
     return 0
 
 
+#: the timestep of the current call of a meta-device generation, whose tensors hold no values
+_META_TIMESTEP: contextvars.ContextVar[float | None] = contextvars.ContextVar("dit_cache_meta_timestep", default=None)
+
+
+def meta_timesteps(timesteps):
+    """Iterate a sampler's `timesteps` (on the CPU) telling the tracker each one: what lets a
+    model on the meta device (FLOP counting of a real-size model) follow its schedule."""
+    try:
+        for t in timesteps:
+            _META_TIMESTEP.set(float(t))
+            yield t
+    finally:
+        _META_TIMESTEP.set(None)
+
+
 def _first_timestep(t: Any) -> tuple[float | None, bool]:
     """(t as float, uniform across the batch)."""
     if t is None:
         return None, False
+    if isinstance(t, torch.Tensor) and t.is_meta:
+        value = _META_TIMESTEP.get()
+        if value is None:
+            raise RuntimeError("this model runs on the meta device, where its timestep has no value: iterate the "
+                               "timesteps through dit_cache.runtime.tracker.meta_timesteps(scheduler.timesteps)")
+        return value, True
     if isinstance(t, torch.Tensor):
         flat = t.detach().reshape(-1)
         if flat.numel() == 0:

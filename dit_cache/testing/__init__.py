@@ -15,10 +15,14 @@ name                family    what
 ``dit-s-2``         dit       DiT-S/2: 12 blocks, D=384 (6 x 64), 32x32 latent (bench default)
 ``latte-1``         latte     Latte-1: 28 spatial + 28 temporal blocks, D=1152
 ``hunyuan-dit``     hunyuan   Hunyuan-DiT v1.1: 40 blocks, D=1408 (16 x 88)
+``tiny-pixart``     pixart    6 blocks, D=64, 16x16 latent, T5 text (PixArtSigmaPipeline)
+``tiny-wan``        wan       6 blocks, D=64, 3 latent frames x 16x16, UMT5 text, flow matching
+``pixart-sigma``    pixart    PixArt-Sigma-XL-2-1024: 28 blocks, D=1152 (16 x 72), 128x128 latent
+``wan2.1-1.3b``     wan       Wan2.1-T2V-1.3B: 30 blocks, D=1536 (12 x 128), 480 px
 ==================  ========  ==========================================================
 
 The real-size names are *architecture* configs only (random weights: 0.75 B / 1.06 B /
-1.5 B parameters). Build them on ``device="meta"`` to inspect structure without allocating
+1.5 B parameters; PixArt-Sigma 0.61 B, Wan 2.1 1.4 B). Build them on ``device="meta"`` to inspect structure without allocating
 memory; only the tiny names have pipelines.
 """
 from ..adapters.hunyuan import hunyuan_rotary_emb

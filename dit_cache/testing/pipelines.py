@@ -47,13 +47,13 @@ def _tiny_config(name: str, error: str) -> dict[str, Any]:
     return cfg
 
 
-def build_pipeline(name: str, seed: int = 0, scheduler: str = "ddim"):
+def build_pipeline(name: str, seed: int = 0, scheduler: str | None = None):
     """Assemble a full diffusers pipeline for a tiny model from local components.
 
     ``tiny-dit`` -> ``DiTPipeline``, ``tiny-latte`` -> ``LattePipeline``,
     ``tiny-hunyuan`` -> ``HunyuanDiTPipeline`` (no safety checker). Every component is in
     eval mode with seeded random weights; the progress bar is disabled. ``scheduler`` is a
-    key of ``SCHEDULERS``. Real-size names raise ``ValueError``.
+    key of ``SCHEDULERS`` (None: the family's default, ddim or flow-euler). Real-size names raise ``ValueError``.
     """
     cfg = _tiny_config(
         name,
@@ -63,12 +63,11 @@ def build_pipeline(name: str, seed: int = 0, scheduler: str = "ddim"):
     spec = family_spec(cfg["family"])
     sched = build_scheduler(scheduler, spec.name)
     import diffusers
-    from diffusers import AutoencoderKL
 
     transformer = build_transformer(name, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(**cfg["vae"]).eval().requires_grad_(False)
+        vae = spec.tiny_vae(cfg)
         parts = spec.tiny_pipeline_parts(cfg)
         pipe = getattr(diffusers, spec.pipeline_class_name)(transformer=transformer, vae=vae, scheduler=sched, **parts)
     pipe.set_progress_bar_config(disable=True)

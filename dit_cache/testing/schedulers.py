@@ -9,7 +9,8 @@
 * hunyuan: 1000 steps, scaled_linear betas 0.00085..0.03, ``steps_offset=1``,
   v-prediction (Tencent-Hunyuan/HunyuanDiT-Diffusers scheduler config)
 
-All 12 (family x scheduler) combinations run with the installed diffusers (0.42.1).
+A flow-matching family (SD3, FLUX, Wan) takes ``"flow-euler"`` only (FlowMatchEulerDiscreteScheduler
+on the family's shift config), the others every other kind. All (family x scheduler) combinations run with the installed diffusers (0.42.1).
 Latte and Hunyuan pipelines call ``scheduler.scale_model_input`` and multiply the initial
 noise by ``init_noise_sigma``, so Euler is correct there. ``DiTPipeline`` does neither
 correctly: it starts from N(0, 1) noise and passes the *scaled* model input to
@@ -35,6 +36,7 @@ _KINDS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddpm": ("DDPMScheduler", dict(clip_sample=False, variance_type="fixed_small")),
     "dpm++": ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=2)),
     "euler": ("EulerDiscreteScheduler", dict(timestep_spacing="linspace")),
+    "flow-euler": ("FlowMatchEulerDiscreteScheduler", {}),  # the flow-matching families' (SD3, FLUX, Wan)
 }
 
 
@@ -43,6 +45,9 @@ def _make(kind: str, name_or_family: str, raw: bool = False):
 
     class_name, options = _KINDS[kind]
     spec = family_spec(family_of(name_or_family))
+    if kind not in spec.schedulers:
+        raise ValueError(f"{name_or_family} ({spec.name}) samples with {', '.join(spec.schedulers)}, not {kind!r}: "
+                         f"{'it is a flow-matching model' if 'flow-euler' in spec.schedulers else 'it is not a flow-matching model'}")
     return spec.scheduler(kind, getattr(diffusers, class_name), dict(spec.noise_config, **options), raw)
 
 
@@ -50,13 +55,16 @@ SCHEDULERS: dict[str, Callable[..., Any]] = {kind: functools.partial(_make, kind
 assert tuple(SCHEDULERS) == SCHEDULER_NAMES, "the scheduler names the options take and the ones built here"
 
 
-def build_scheduler(scheduler: str, name_or_family: str, raw: bool = False):
-    """``SCHEDULERS[scheduler](name_or_family, raw=raw)`` with a clear error for unknown names.
+def build_scheduler(scheduler: str | None, name_or_family: str, raw: bool = False):
+    """``SCHEDULERS[scheduler](name_or_family, raw=raw)`` with a clear error for unknown names
+    and for a kind the family does not sample with; None: the family's default.
 
     The result is meant for the family's diffusers pipeline. ``raw=True`` returns the
     stock diffusers class even where the pipeline needs an adapted one (only
     ``("euler", "dit")``) - use it for a hand-written sampling loop.
     """
+    if scheduler is None:
+        scheduler = family_spec(family_of(name_or_family)).default_scheduler
     try:
         factory = SCHEDULERS[scheduler]
     except KeyError:

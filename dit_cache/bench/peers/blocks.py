@@ -5,7 +5,7 @@ import re
 
 from ..._common.options import format_value, parse_dtype
 from ..errors import BenchInputError, PeerUnavailable
-from .hooks import PeerHooks, block_lists, check_block_chain, check_options, number
+from .hooks import PeerHooks, block_lists, check_block_chain, check_options, check_tail_returns_every_stream, number
 
 TAYLORSEER_OPTIONS = ("cache_interval", "disable_cache_before_step", "disable_cache_after_step", "max_order",
                       "factors_dtype", "modules")
@@ -24,6 +24,7 @@ class AppliedDiffusersFBC(PeerHooks):
         check_options(self.spec, ("threshold",))
         self.settings = FirstBlockCacheConfig(threshold=number(self.spec, "threshold", 0.05))
         check_block_chain(self.model, "FirstBlockCache")
+        check_tail_returns_every_stream(self.model, "FirstBlockCache")
         apply_first_block_cache(self.model, self.settings)
 
     def config_text(self) -> str:

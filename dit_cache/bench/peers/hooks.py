@@ -177,14 +177,30 @@ def block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     return [(n, c) for n, c in model.named_children() if isinstance(c, nn.ModuleList) and len(c) and n.endswith("blocks")]
 
 
+def check_tail_returns_every_stream(model: nn.Module, method: str) -> None:
+    """PeerUnavailable when the last block returns None for a stream (SD3's context_pre_only
+    block): FirstBlockCache's tail hook subtracts that stream's input (diffusers 0.42 fails)."""
+    last = block_lists(model)[-1][1][-1]
+    if getattr(last, "context_pre_only", False):
+        raise PeerUnavailable(
+            f"diffusers' {method} takes the residual of both streams of the last block, whose text stream "
+            f"is None here ({type(last).__name__} with context_pre_only): it fails in diffusers itself"
+        )
+
+
 def check_block_chain(model: nn.Module, method: str) -> None:
     """PeerUnavailable unless diffusers' block-chain caches (FirstBlockCache, MagCache) can run:
-    one list of blocks (they hook every listed block as one chain, head to tail) of a class
-    in diffusers' TransformerBlockRegistry (they read its output layout from there)."""
+    block lists that run one after another (they hook every listed block as one chain, head to
+    tail), of classes in diffusers' TransformerBlockRegistry (they read the output layout from
+    there)."""
     from diffusers.hooks._helpers import TransformerBlockRegistry
 
+    from ...runtime.registry import get_adapter
+
     lists = block_lists(model)
-    if len(lists) > 1:
+    chained = [id(b) for _, blocks in lists for b in blocks]
+    executed = [id(b) for unit in get_adapter(model).units(model) for b in unit]
+    if len(lists) > 1 and chained != executed:  # FLUX's dual-then-single lists run one after another
         names = " and ".join(n for n, _ in lists)
         raise PeerUnavailable(
             f"{method} chains {names} head to tail, but this model interleaves them (different tensor layouts)"

@@ -54,7 +54,10 @@ class Runner:
         self.family = self.spec.name
         self.resolution = settings.resolution or native_resolution
         self.video_length = video_length
-        self.frames = settings.frames if settings.frames is not None else video_length
+        if settings.frames is not None:
+            self.frames = settings.frames
+        else:  # a video model with a free length (Wan's RoPE) takes its family's default
+            self.frames = video_length if video_length is not None or not self.spec.is_video else self.spec.default_frames
         default_cfg = self.spec.default_cfg_scale
         self.cfg_scale = default_cfg if settings.cfg_scale is None else float(settings.cfg_scale)
         self.cfg = self.cfg_scale > 1.0
@@ -93,12 +96,12 @@ class Runner:
 
     def timesteps(self) -> list[float]:
         sched = copy.deepcopy(self.scheduler)
-        sched.set_timesteps(self.s.steps)
+        self.spec.set_timesteps(sched, self.s.steps, resolution=self.resolution)
         return [float(t) for t in sched.timesteps]
 
     def latent_tokens(self) -> int:
         """Tokens of one sample's hidden state in the transformer (all frames of a video)."""
-        side = self.resolution // self.vae_factor // int(self.transformer.config.patch_size)
+        side = self.resolution // self.vae_factor // self.spec.spatial_patch(self.transformer.config)
         return side * side * (self.frames if self.spec.is_video else 1)
 
     def describe(self) -> dict:
@@ -154,8 +157,8 @@ def check_geometry(family: str, patch: int, settings: RunSettings, native_res: i
             )
     if settings.frames is not None:
         if not family_spec(family).is_video:
-            raise BenchInputError(f"--frames applies to video models (Latte) only; this is a {family} model")
-        if settings.frames not in (1, video_length):
+            raise BenchInputError(f"--frames applies to video models (Latte, Wan) only; this is a {family} model")
+        if video_length is not None and settings.frames not in (1, video_length):
             raise BenchInputError(
                 f"--frames {settings.frames} is impossible for this Latte model: its temporal position "
                 f"embedding has video_length={video_length} frames, so use {video_length} (or 1)"
@@ -170,9 +173,8 @@ def check_geometry(family: str, patch: int, settings: RunSettings, native_res: i
 
 def model_geometry(family: str, transformer: nn.Module, factor: int = VAE_FACTOR) -> tuple[int, int, int | None]:
     """(patch size, native resolution in pixels, video length or None) of a transformer."""
-    cfg = transformer.config
-    native = int(cfg.sample_size) * factor
-    return int(cfg.patch_size), native, family_spec(family).video_length(cfg)
+    spec = family_spec(family)
+    return spec.spatial_patch(transformer.config), spec.native_resolution(transformer.config, factor), spec.video_length(transformer.config)
 
 
 def eval_cast(module: nn.Module, settings: RunSettings) -> nn.Module:
@@ -183,12 +185,12 @@ def eval_cast(module: nn.Module, settings: RunSettings) -> nn.Module:
 
 
 def scheduler_for(name: str | None, family: str, fallback=None):
-    """The `name` scheduler (ddim if None, or `fallback` when given) for a family's model."""
+    """The `name` scheduler (the family's default if None, or `fallback` when given) for a family's model."""
     from ...testing import build_scheduler
 
     if name is None and fallback is not None:
         return fallback
     try:
-        return build_scheduler(name or "ddim", family)
+        return build_scheduler(name, family)
     except ValueError as err:
         raise BenchInputError(str(err)) from None

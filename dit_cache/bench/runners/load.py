@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+import torch
 from torch import nn
 
 from ...adapters.family import (
@@ -37,10 +38,15 @@ def _load_builtin(name: str, s: RunSettings) -> Runner:
     cfg = MODEL_CONFIGS[name]
     fam = cfg["family"]
     tc = cfg["transformer"]
-    native = int(tc["sample_size"]) * VAE_FACTOR
-    check_geometry(fam, int(tc["patch_size"]), s, native, tc.get("video_length"))
-    if cfg["tiny"] and not s.loop and not _pipeline_fixes_resolution(fam, s, native):
-        pipe = build_pipeline(name, seed=0, scheduler=s.scheduler or "ddim")
+    spec = family_spec(fam)
+    native = int(cfg["resolution"])
+    check_geometry(fam, spec.spatial_patch(tc), s, native, tc.get("video_length"))
+    on_meta = torch.device(s.device).type == "meta"  # no text encoders to run: the transformer loop
+    if cfg["tiny"] and not s.loop and not on_meta and not _pipeline_fixes_resolution(fam, s, native):
+        try:
+            pipe = build_pipeline(name, seed=0, scheduler=s.scheduler)
+        except ValueError as err:  # a scheduler kind the family does not sample with
+            raise BenchInputError(str(err)) from None
         for comp in pipe.components.values():
             if isinstance(comp, nn.Module):
                 eval_cast(comp, s)

@@ -14,6 +14,7 @@ import inspect
 import torch
 from torch import nn
 
+from ...runtime.tracker import meta_timesteps
 from .base import Runner, RunSettings, model_geometry
 
 
@@ -53,10 +54,13 @@ class TransformerRunner(Runner):
     def generate(self, prepared: dict, steps: int | None = None) -> torch.Tensor:
         seed = prepared["seed"]
         sched = self.scheduler
-        sched.set_timesteps(steps or self.s.steps)
+        self.spec.set_timesteps(sched, steps or self.s.steps, resolution=self.resolution)
         with self.seeded_rng(seed):
-            gen = torch.Generator(device=self.s.device).manual_seed(seed)
+            # a meta run draws nothing that matters (no data): its step noise comes from the CPU
+            gen_device = "cpu" if torch.device(self.s.device).type == "meta" else self.s.device
+            gen = torch.Generator(device=gen_device).manual_seed(seed)
             return self.spec.denoise(
                 self.transformer, prepared["noise"], prepared["cond"], sched,
                 cfg_scale=self.cfg_scale if self.cfg else None, step_kwargs=self._extra_step_kwargs(gen),
+                progress=meta_timesteps if gen_device != self.s.device else None,
             )

@@ -31,7 +31,7 @@ class PipelineRunner(Runner):
             resolution=self.resolution,
             frames=self.frames,
         )
-        return dict(kwargs, num_inference_steps=self.s.steps, guidance_scale=self.cfg_scale,
+        return dict(kwargs, num_inference_steps=self.s.steps, **self.spec.pipeline_guidance(self.cfg_scale),
                     generator=torch.Generator().manual_seed(seed))
 
     def generate(self, prepared: dict, steps: int | None = None) -> torch.Tensor:
@@ -40,4 +40,5 @@ class PipelineRunner(Runner):
         seed = prepared["generator"].initial_seed()
         if steps is not None:
             prepared = {**prepared, "num_inference_steps": steps, "generator": torch.Generator().manual_seed(seed)}
-        return run_pipeline(self.pipe, prepared, seed=seed, return_latents=True)
+        return self.spec.pipeline_latents(run_pipeline(self.pipe, prepared, seed=seed, return_latents=True),
+                                          self.resolution)

@@ -95,7 +95,7 @@ class StepPlan(LayerReuseMethod):
                 ctx.scratch["residual_base"] = streams
             if kind == "R" and unit == self.n_units - 1 and position == self.last_position:
                 base = ctx.scratch.pop("residual_base")
-                return self.io.returned(tuple(b + r for b, r in zip(base, store[f"resid:{k}"])))
+                return self.io.returned(tuple(None if r is None else b + r for b, r in zip(base, store[f"resid:{k}"])))
             return self.io.returned(streams)
         if position == 0:
             if storing:
@@ -113,7 +113,8 @@ class StepPlan(LayerReuseMethod):
             out = self.io.output_streams(output)
             for r in self.residual_k:
                 base = ctx.scratch.pop(f"residual_in:{r}")
-                store[f"resid:{r}"] = tuple((o - b).detach() for o, b in zip(out, base))
+                # a stream the last block no longer returns (SD3's context_pre_only text) has no residual
+                store[f"resid:{r}"] = tuple(None if o is None else (o - b).detach() for o, b in zip(out, base))
         return output
 
     def check_scheduler(self, scheduler, timesteps: bool = True) -> None:
