@@ -13,7 +13,10 @@ CACHING_METHODS = ("skip-dit", "fora-2", "pab-236")
 
 
 def patch_caching(model, method: str):
-    return dit_cache.patch(model, method, **({"start": 1000.0} if method == "skip-dit" else {}))
+    # Skip-Cache from the first steps on, PAB over every timestep (flow-matching schedules spend
+    # most short runs above PAB's default window)
+    options = {"skip-dit": {"start": 1000.0}, "pab-236": {"window": (0.0, 1000.0)}}.get(method, {})
+    return dit_cache.patch(model, method, **options)
 
 
 class Loop:

@@ -13,7 +13,7 @@ def _generation(model, name, steps=6, dtype=torch.float32, seed=1):
     set_family_timesteps(sched, name, steps)
     kw = transformer_inputs(name, batch=2, seed=seed, transformer=model, dtype=dtype)
     with torch.no_grad():
-        return [model(**dict(kw, timestep=torch.full_like(kw["timestep"], float(t))))[0] for t in sched.timesteps]
+        return [model(**dict(kw, timestep=torch.full_like(kw["timestep"], model_t(name, float(t)))))[0] for t in sched.timesteps]
 
 
 def test_two_patched_models_are_independent(name, model):
@@ -32,7 +32,7 @@ def test_two_patched_models_are_independent(name, model):
     outs_a, outs_b = [], []
     with torch.no_grad():
         for t in sched.timesteps:
-            call = dict(kw, timestep=torch.full_like(kw["timestep"], float(t)))
+            call = dict(kw, timestep=torch.full_like(kw["timestep"], model_t(name, float(t))))
             outs_a.append(model(**call)[0])
             outs_b.append(other(**call)[0])
     assert all(torch.equal(a, b) for a, b in zip(outs_a, ref_a))

