@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dit_cache.runtime.registry import get_adapter
 
@@ -73,3 +74,17 @@ def calls_per_step(name: str, cfg: bool = True) -> int:
     from dit_cache.testing import family_of
 
     return 2 if cfg and not family_spec(family_of(name)).cfg_batched_kwargs else 1
+
+
+class NormOps(TorchDispatchMode):
+    """Counts the normalization kernels that really run (aten level, below every hook)."""
+
+    OPS = {"native_layer_norm", "rms_norm", "_fused_rms_norm"}
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func.overloadpacket.__name__ in self.OPS
+        return func(*args, **(kwargs or {}))

@@ -20,9 +20,9 @@ from diffusers import (
     AutoencoderKL, FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel,
 )
 from safetensors import safe_open
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import dit_cache
+from helpers import NormOps
 from dit_cache import FORAConfig, SkipCacheConfig
 from dit_cache.adapters.family import families, register_family
 from dit_cache.adapters.flux import FluxAdapter, FluxFamily, image_ids, pack_latents
@@ -338,20 +338,6 @@ def _reuses(config, kind: str, step: int, t: float) -> bool:
 SITES = {"spatial": U, "mlp": 2 * N_DUAL + N_SINGLE}
 
 
-class _NormOps(TorchDispatchMode):
-    """Normalization kernels that really run (aten level, below every hook)."""
-
-    OPS = {"native_layer_norm", "rms_norm", "_fused_rms_norm"}
-
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += func.overloadpacket.__name__ in self.OPS
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("preset", ["fora", "fora-2", "pab-236"])
 def test_layer_reuse_counts_and_norm_skip(reference, preset, monkeypatch):
     base, expected = reference
@@ -360,10 +346,10 @@ def test_layer_reuse_counts_and_norm_skip(reference, preset, monkeypatch):
         m.setattr(LayerReuseMethod, "norm_forward", lambda self, hook, ctx, args, kwargs: hook.run(args, kwargs))
         computing = dit_cache.patch(copy.deepcopy(base), preset)
     counter = SiteCounter(model)
-    with _NormOps() as skipping_ops:
+    with NormOps() as skipping_ops:
         out = loop(model)
     counter.remove()
-    with _NormOps() as computing_ops:
+    with NormOps() as computing_ops:
         assert torch.equal(loop(computing), out)  # skipping a norm nobody reads changes nothing
     s = dit_cache.stats(model)
     config = dit_cache.presets()[preset]

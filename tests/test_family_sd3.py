@@ -13,9 +13,9 @@ import re
 import pytest
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import dit_cache
+from helpers import NormOps
 import dit_cache.adapters
 from dit_cache import FORAConfig, SkipCacheConfig, StepPlanConfig
 from dit_cache.adapters.family import families
@@ -320,20 +320,6 @@ def test_pab_matches_diffusers_pab(preset):
     assert float((outs - ref_outs).abs().max()) <= 1e-5 and float((x - ref_x).abs().max()) <= 1e-5
 
 
-class _NormOps(TorchDispatchMode):
-    """Counts the normalization kernels that really run (aten level, below every hook)."""
-
-    OPS = {"native_layer_norm", "rms_norm", "_fused_rms_norm"}
-
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += func.overloadpacket.__name__ in self.OPS
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("preset", ["fora", "pab-236"])
 def test_norm_skip_is_bit_exact(preset, monkeypatch):
     """Skipping the norm only a reusing site reads changes nothing: every output is bit for bit
@@ -344,9 +330,9 @@ def test_norm_skip_is_bit_exact(preset, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(LayerReuseMethod, "norm_forward", lambda self, hook, ctx, args, kwargs: hook.run(args, kwargs))
         dit_cache.patch(computing, preset)
-    with _NormOps() as skipping_ops:
+    with NormOps() as skipping_ops:
         x, outs = sample(model)
-    with _NormOps() as computing_ops:
+    with NormOps() as computing_ops:
         ref_x, ref_outs = sample(computing)
     assert torch.equal(x, ref_x) and torch.equal(outs, ref_outs)
     s = dit_cache.stats(model)

@@ -5,9 +5,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from helpers import model_t, set_family_timesteps
+from helpers import NormOps, model_t, set_family_timesteps
 import dit_cache
 from dit_cache import FORAConfig
 from dit_cache.methods.layer_reuse import LayerReuseMethod
@@ -222,20 +221,6 @@ def test_bad_options_and_names_raise_and_leave_model_untouched():
 
 
 
-class _NormOps(TorchDispatchMode):
-    """Counts the normalization kernels that really run (aten level, below every hook)."""
-
-    OPS = {"native_layer_norm", "rms_norm", "_fused_rms_norm"}
-
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += func.overloadpacket.__name__ in self.OPS
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("preset", ["fora", "pab-236"])
 def test_a_reusing_site_skips_the_norm_only_it_reads(name, model, preset, monkeypatch):
     """On a reuse call the normalization feeding only that site is not computed (counted at the
@@ -248,9 +233,9 @@ def test_a_reusing_site_skips_the_norm_only_it_reads(name, model, preset, monkey
     with monkeypatch.context() as m:  # the reference: the same hooks, the norms always run
         m.setattr(LayerReuseMethod, "norm_forward", lambda self, hook, ctx, args, kwargs: hook.run(args, kwargs))
         dit_cache.patch(computing, preset)
-    with _NormOps() as skipping_ops:
+    with NormOps() as skipping_ops:
         outs = _bare_loop(model, name, ts, seeds=(1,))
-    with _NormOps() as computing_ops:
+    with NormOps() as computing_ops:
         refs = _bare_loop(computing, name, ts, seeds=(1,))
     assert all(torch.equal(a, b) for a, b in zip(outs, refs))
     s = dit_cache.stats(model)
