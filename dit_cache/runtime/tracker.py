@@ -12,7 +12,8 @@ from its timestep, its input signature (shape, dtype, device) and a fingerprint 
   after an interrupted run, a changed signature) -> a new generation with fresh state.
 So an interrupted run never lends its cache to the next one, and two generations stepped
 alternately on one model (one thread) each keep their own state. A pipeline's
-`scheduler.set_timesteps` (hooked by `patch(pipe)`) starts a new generation outright.
+`scheduler.set_timesteps` (hooked by `patch(pipe)`) starts a new generation outright and ends
+the thread's earlier ones.
 
 Each thread has its own generations and call context, so concurrent generations on one
 model from several threads are independent. Calls in train mode or with per-sample
@@ -299,7 +300,11 @@ class StepTracker:
         current step); (None, False) for a new generation."""
         thread = self._thread
         if thread.fresh_next:
+            # A pipeline set its scheduler's timesteps: the run this thread had going is over
+            # (finished or interrupted). Forget it, or a late step of the new run, whose latents
+            # approach the same image, could be taken for that run's continuation.
             thread.fresh_next = False
+            thread.live = []
             return None, False
         # Another branch of a step only follows that step's first call directly (the most
         # recent generation): a stale generation that stopped at this timestep is no candidate.
