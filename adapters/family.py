@@ -46,6 +46,9 @@ class FamilySpec:
     default_cfg_scale: float = 4.0
     #: regex of the spatial blocks for diffusers' PAB / FasterCache (None: their default)
     spatial_block_pattern: str | None = None
+    #: the pipeline scales its noise by `init_noise_sigma` and the model input by
+    #: `scale_model_input` (False: flow-matching pipelines, SD3 and FLUX, which do neither)
+    scales_model_input: bool = True
     #: forward kwargs that carry the batched [uncond, cond] CFG halves (FasterCache splits them)
     cfg_batched_kwargs: tuple[str, ...] = ("hidden_states", "timestep")
     #: training noise schedule (diffusers scheduler config) of the family's reference models
@@ -156,11 +159,13 @@ class FamilySpec:
                 cfg_scale: float | None, step_kwargs: dict, progress: Callable | None = None) -> torch.Tensor:
         """The family pipeline's sampling loop on the bare transformer (timesteps already set;
         `cfg_scale` None: no guidance; `progress` wraps the timesteps, e.g. a pipeline's
-        ``progress_bar``). This default is the Latte / Hunyuan-DiT / PixArt loop."""
-        latents = noise * scheduler.init_noise_sigma
+        ``progress_bar``). This default is the Latte / Hunyuan-DiT / PixArt / SD3 loop: batched CFG
+        with the [uncond, cond] halves."""
+        latents = noise * scheduler.init_noise_sigma if self.scales_model_input else noise
         for t in progress(scheduler.timesteps) if progress else scheduler.timesteps:
             x = torch.cat([latents] * 2) if cfg_scale is not None else latents
-            x = scheduler.scale_model_input(x, t)
+            if self.scales_model_input:
+                x = scheduler.scale_model_input(x, t)
             out = self.model_output(transformer, x, t, cond)
             if cfg_scale is not None:
                 uncond, text = out.chunk(2)

@@ -170,6 +170,7 @@ class FluxFamily(FamilySpec):
     # FluxPipeline's true_cfg_scale: here the [uncond, cond] halves are batched
     default_cfg_scale = 1.0
     cfg_batched_kwargs = ("hidden_states", "timestep", "encoder_hidden_states", "pooled_projections", "guidance")
+    scales_model_input = False  # FluxPipeline: plain noise, packed tokens, the velocity to scheduler.step
     schedulers = ("flow-euler",)
     default_scheduler = "flow-euler"
     noise_config = FLUX_NOISE_CONFIG
@@ -264,15 +265,9 @@ class FluxFamily(FamilySpec):
         embedding is `cond["guidance"]`); otherwise true CFG with the [uncond, cond] halves of
         `cond` batched in one call, ``uncond + cfg_scale * (cond - uncond)`` as the pipeline."""
         h, w = noise.shape[-2:]
-        latents = pack_latents(noise)
         scheduler.set_begin_index(0)
-        for t in progress(scheduler.timesteps) if progress else scheduler.timesteps:
-            x = torch.cat([latents] * 2) if cfg_scale is not None else latents
-            out = self.model_output(transformer, x, t, cond)
-            if cfg_scale is not None:
-                uncond, text = out.chunk(2)
-                out = uncond + cfg_scale * (text - uncond)
-            latents = scheduler.step(out, t, latents, **step_kwargs, return_dict=False)[0]
+        latents = super().denoise(transformer, pack_latents(noise), cond, scheduler, cfg_scale=cfg_scale,
+                                  step_kwargs=step_kwargs, progress=progress)
         return unpack_latents(latents, h, w)
 
     def transformer_inputs(self, transformer_config, *, batch, timestep, randn, generator, device, dtype, transformer):

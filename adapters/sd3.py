@@ -148,6 +148,7 @@ class SD3Family(FamilySpec):
     tensor_format = "BCHW"
     default_cfg_scale = 7.0  # StableDiffusion3Pipeline's default (the 3.5-medium card suggests 4.5)
     cfg_batched_kwargs = ("hidden_states", "timestep", "encoder_hidden_states", "pooled_projections")
+    scales_model_input = False  # StableDiffusion3Pipeline's loop: plain noise, the velocity to scheduler.step
     schedulers = ("flow-euler",)
     default_scheduler = "flow-euler"
     noise_config = SD3_NOISE_CONFIG
@@ -174,19 +175,6 @@ class SD3Family(FamilySpec):
     def model_output(self, transformer, x, t, cond):
         tt = t.to(x.device) if torch.is_tensor(t) else torch.tensor(float(t), device=x.device)
         return transformer(hidden_states=x, timestep=tt.expand(x.shape[0]), return_dict=False, **cond)[0]
-
-    def denoise(self, transformer, noise, cond, scheduler, *, cfg_scale, step_kwargs, progress=None):
-        """StableDiffusion3Pipeline's loop: plain noise (no init_noise_sigma, no
-        scale_model_input), batched CFG halves [uncond, cond], the velocity to scheduler.step."""
-        latents = noise
-        for t in progress(scheduler.timesteps) if progress else scheduler.timesteps:
-            x = torch.cat([latents] * 2) if cfg_scale is not None else latents
-            out = self.model_output(transformer, x, t, cond)
-            if cfg_scale is not None:
-                uncond, text = out.chunk(2)
-                out = uncond + cfg_scale * (text - uncond)
-            latents = scheduler.step(out, t, latents, **step_kwargs, return_dict=False)[0]
-        return latents
 
     def transformer_inputs(self, transformer_config, *, batch, timestep, randn, generator, device, dtype, transformer):
         tc, s = transformer_config, transformer_config["sample_size"]

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 OUT=benchmarks/results/real_size
 mkdir -p "$OUT"
 METHODS=(skip-dit skip-dit-2 fora fora-3 pab-236 pab-469)
-for model in ${MODELS:-dit-xl-2 latte-1 hunyuan-dit pixart-sigma wan2.1-1.3b}; do
+for model in ${MODELS:-dit-xl-2 latte-1 hunyuan-dit pixart-sigma sd3.5-medium flux.1-dev wan2.1-1.3b}; do
   extra=()
   [ "$model" = wan2.1-1.3b ] && extra=(--frames 21)   # 81 video frames at 480 x 480: 18,900 tokens
   OMP_NUM_THREADS=1 .venv/bin/ditcache bench --model "$model" --device meta --steps 20 --methods "${METHODS[@]}" \

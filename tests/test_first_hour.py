@@ -18,10 +18,10 @@ from dit_cache.bench.runners.load import cached_hub_model, check_model_name
 from dit_cache.bench.errors import BenchInputError
 from dit_cache._common.timesteps import builtin_timesteps
 from dit_cache.cli.main import build_parser, main
-from dit_cache.cli.tiny_facts import TINY_FACTS, tiny_pattern
+from dit_cache.cli.tiny_facts import REAL_SIZE_MODELS, TINY_FACTS, tiny_pattern
 from dit_cache.runtime.registry import get_adapter
 from dit_cache.adapters import family_spec
-from dit_cache.testing import SCHEDULER_NAMES, TINY_MODELS, build_scheduler, build_transformer, family_of, model_config
+from dit_cache.testing import MODEL_CONFIGS, SCHEDULER_NAMES, TINY_MODELS, build_scheduler, build_transformer, family_of, model_config
 
 
 def _run_python(code: str) -> str:
@@ -72,6 +72,7 @@ def test_tiny_facts_are_the_built_models_and_give_their_patterns(model):
     """`ditcache schedule` answers from TINY_FACTS: they are the built model's, and every preset's
     pattern is the one dit_cache.schedule_pattern computes on the model itself."""
     assert set(TINY_FACTS) == set(TINY_MODELS)
+    assert {*TINY_FACTS, *REAL_SIZE_MODELS} == set(MODEL_CONFIGS), "the CLI's model list (cli/tiny_facts.py) is stale"
     built = build_transformer(model)
     adapter = get_adapter(built)
     facts = TINY_FACTS[model]

@@ -38,6 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from ..bench.config import DEFAULT_STEPS, DEFAULT_SUITE, ZOO_DEFAULT_BATCH
     from .._common.options import SCHEDULER_NAMES
     from ..zoo import ZOO_MODELS
+    from .tiny_facts import REAL_SIZE_MODELS, TINY_FACTS
 
     p = subparsers.add_parser(
         "bench",
@@ -52,8 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", nargs="+", action="extend", default=None, metavar="MODEL",
                    help=f"one or more (benchmarked one after the other): a zoo model ({', '.join(ZOO_MODELS)}), "
-                        f"a built-in architecture with random weights (tiny-dit, tiny-latte, tiny-hunyuan, tiny-pixart, "
-                        f"tiny-wan, dit-s-2, dit-xl-2, latte-1, hunyuan-dit, pixart-sigma, wan2.1-1.3b; the "
+                        f"a built-in architecture with random weights ({', '.join([*TINY_FACTS, *REAL_SIZE_MODELS])}; the "
                         f"real-size ones with --device meta for FLOPs only), a local diffusers directory or a `ditcache finetune` "
                         f"result folder (default: {' '.join(DEFAULT_SUITE)})")
     p.add_argument("--methods", nargs="+", action="extend", metavar="SPEC", help="methods to compare (default: none, skip-dit, "

@@ -55,6 +55,11 @@ TINY_FACTS = {
                            schedulers=("flow-euler",), mu=_flux_mu(64)),
 }
 
+#: the real-size architecture configs (random weights; meta device for the large ones), in the
+#: order the CLI lists them
+REAL_SIZE_MODELS = ("dit-s-2", "dit-xl-2", "latte-1", "hunyuan-dit", "pixart-sigma", "sd3.5-medium", "flux.1-dev",
+                    "wan2.1-1.3b")
+
 #: config type -> how it resolves against a backbone (looked up along the MRO; others: as given),
 #: the torch-free twin of each method's `resolve_config`
 _RESOLVE = {
@@ -75,4 +80,4 @@ def tiny_pattern(config, model: str, scheduler: str, steps: int) -> str:
     return pattern(timesteps) if pattern is not None else "F" * len(timesteps)
 
 
-__all__ = ["TINY_FACTS", "TinyFacts", "tiny_pattern"]
+__all__ = ["REAL_SIZE_MODELS", "TINY_FACTS", "TinyFacts", "tiny_pattern"]

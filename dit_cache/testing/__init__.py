@@ -1,4 +1,5 @@
-"""Build diffusers DiT / Latte / Hunyuan-DiT transformers and whole pipelines fully offline.
+"""Build diffusers transformers (DiT, Latte, Hunyuan-DiT, PixArt, SD3, FLUX, Wan) and whole
+pipelines fully offline.
 
 Nothing here touches the network: every model is constructed from a config with random
 weights drawn from a seeded RNG, and every pipeline is assembled from tiny local components.
@@ -16,14 +17,18 @@ name                family    what
 ``latte-1``         latte     Latte-1: 28 spatial + 28 temporal blocks, D=1152
 ``hunyuan-dit``     hunyuan   Hunyuan-DiT v1.1: 40 blocks, D=1408 (16 x 88)
 ``tiny-pixart``     pixart    6 blocks, D=64, 16x16 latent, T5 text (PixArtSigmaPipeline)
+``tiny-sd3``        sd3       6 joint blocks (3 with dual attention), D=64, 16x16 latent, CLIP x2 + T5
+``tiny-flux``       flux      2 dual-stream + 4 single-stream blocks, D=64, 8x8 packed latent, CLIP + T5
 ``tiny-wan``        wan       6 blocks, D=64, 3 latent frames x 16x16, UMT5 text, flow matching
 ``pixart-sigma``    pixart    PixArt-Sigma-XL-2-1024: 28 blocks, D=1152 (16 x 72), 128x128 latent
+``sd3.5-medium``    sd3       SD3.5-Medium: 24 joint blocks (13 dual attention), D=1536 (24 x 64), 1024 px
+``flux.1-dev``      flux      FLUX.1-dev: 19 dual + 38 single blocks, D=3072 (24 x 128), 1024 px
 ``wan2.1-1.3b``     wan       Wan2.1-T2V-1.3B: 30 blocks, D=1536 (12 x 128), 480 px
 ==================  ========  ==========================================================
 
 The real-size names are *architecture* configs only (random weights: 0.75 B / 1.06 B /
-1.5 B parameters; PixArt-Sigma 0.61 B, Wan 2.1 1.4 B). Build them on ``device="meta"`` to inspect structure without allocating
-memory; only the tiny names have pipelines.
+1.5 B parameters; PixArt-Sigma 0.61 B, SD3.5-Medium 2.24 B, FLUX.1-dev 11.9 B, Wan 2.1 1.4 B).
+Build them on ``device="meta"`` to inspect structure without allocating memory; only the tiny names have pipelines.
 """
 from ..adapters.hunyuan import hunyuan_rotary_emb
 
