@@ -10,6 +10,7 @@ import torch
 import dit_cache
 from dit_cache.runtime.registry import get_adapter
 from dit_cache.testing import (
+    TINY_MODELS,
     build_pipeline,
     build_scheduler,
     build_transformer,
@@ -107,7 +108,7 @@ def test_diffusers_caches_are_peer_rows_on_the_new_families(name):
         assert rows[method]["ideal_speedup"] > 1.0 and rows[method]["psnr"] < float("inf"), method
 
 
-@pytest.mark.parametrize("name", ["tiny-dit", "tiny-latte", "tiny-hunyuan", "tiny-pixart", "tiny-wan"])
+@pytest.mark.parametrize("name", TINY_MODELS)
 def test_meta_device_counts_what_a_cpu_run_counts(name):
     """`--device meta` (how the real-size configs get their FLOP-ideal speedups) counts exactly
     the FLOPs and step patterns of the same generation run for real on the CPU."""

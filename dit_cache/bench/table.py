@@ -69,10 +69,13 @@ def _caption(result, pattern_width: int, noise) -> str:
         )
     elif "none_vs_unpatched_latency" in s:
         notes.append(f"none vs unpatched latency: {s['none_vs_unpatched_latency'] * 100:+.1f}%")
-    notes.append(f"seeds {meta.get('seeds')}, {meta.get('repeats')} timed repeats "
-                 f"({meta.get('order')}) after {meta.get('warmup')} warm-up; "
-                 f"world size {meta.get('world_size')}")
-    notes.append(f"memory: {meta.get('memory_method')}")
+    if str(meta.get("device")) == "meta":
+        notes.append("meta device: FLOPs and step patterns only (nothing was computed, timed or measured in memory)")
+    else:
+        notes.append(f"seeds {meta.get('seeds')}, {meta.get('repeats')} timed repeats "
+                     f"({meta.get('order')}) after {meta.get('warmup')} warm-up; "
+                     f"world size {meta.get('world_size')}")
+        notes.append(f"memory: {meta.get('memory_method')}")
     floor = next((r["fid_floor"] for r in result.rows if r.get("fid_floor") is not None), None)
     if floor is not None:
         n = next(r["n_quality"] for r in result.rows if r.get("fid_floor") is not None)
