@@ -73,14 +73,20 @@ class Site:
     """One attention or MLP submodule that FORA / PAB may reuse."""
 
     name: str  # qualified name in the model, e.g. "temporal_transformer_blocks.2.attn1"
-    kind: str  # "spatial" | "temporal" (self-attention), "cross" (attention), "mlp"
+    #: "spatial" | "temporal" (self-attention), "cross" (attention), "mlp", or "fused" (see `reads`)
+    kind: str
     block: int  # index of its block within its stack (Latte: spatial and temporal stacks)
     #: qualified name of the normalization only this submodule reads (see `input_norm`), or None
     norm: str | None = None
+    #: a "fused" site (FLUX's single-block `proj_out`, the output projection of attention and MLP
+    #: together) is a function of these sites' outputs alone: it hands back its stored output
+    #: exactly when every one of them handed back the very outputs it was computed from, which
+    #: makes it free in fidelity, whatever the method
+    reads: tuple[str, ...] = ()
 
     @property
     def group(self) -> str:
-        return "mlp" if self.kind == "mlp" else "attn"
+        return self.kind if self.kind in ("mlp", "fused") else "attn"
 
 
 def plain_norm(module: nn.Module | None) -> nn.Module | None:

@@ -25,7 +25,8 @@ import dit_cache
 from helpers import NormOps
 from dit_cache import FORAConfig, SkipCacheConfig
 from dit_cache.adapters.family import families, register_family
-from dit_cache.adapters.flux import FluxAdapter, FluxFamily, image_ids, pack_latents
+from dit_cache.adapters.base import BackboneAdapter
+from dit_cache.adapters.flux import FLUX_TEXT_LEN, FluxAdapter, FluxFamily, image_ids, pack_latents
 from dit_cache.methods.layer_reuse import LayerReuseMethod
 from dit_cache.runtime.registry import get_adapter, supported_models
 from dit_cache.testing import reinit_zero_linears, run_pipeline
@@ -118,7 +119,9 @@ def _expected_sites() -> dict[str, tuple[str, int, str | None]]:
                 f"{p}.ff_context": ("mlp", i, f"{p}.norm2_context")}
     for i in range(N_SINGLE):
         p = f"single_transformer_blocks.{i}"  # norm(cat[text, image]) feeds attn and proj_mlp
-        out |= {f"{p}.attn": ("spatial", N_DUAL + i, None), f"{p}.proj_mlp": ("mlp", N_DUAL + i, None)}
+        out |= {f"{p}.attn": ("spatial", N_DUAL + i, None), f"{p}.proj_mlp": ("mlp", N_DUAL + i, None),
+                # proj_out(cat[attn, act_mlp(proj_mlp)]): a function of those two outputs alone
+                f"{p}.proj_out": ("fused", N_DUAL + i, None, (f"{p}.attn", f"{p}.proj_mlp"))}
     return out
 
 
@@ -130,7 +133,7 @@ def test_units_pairs_and_sites():
         *(f"transformer_blocks.{i}" for i in range(N_DUAL)), *(f"single_transformer_blocks.{i}" for i in range(N_SINGLE))]
     assert adapter.hidden_dim(model) == DIM and adapter.max_shallow(model) == 2
     assert adapter.pairs(model) == [(0, 5), (1, 4), (2, 3)]  # dual 0 -> single 3, dual 1 -> single 2
-    got = {s.name: (s.kind, s.block, s.norm) for s, _ in adapter.reuse_sites(model)}
+    got = {s.name: (s.kind, s.block, s.norm, *((s.reads,) if s.reads else ())) for s, _ in adapter.reuse_sites(model)}
     assert got == _expected_sites()
     modules = dict(model.named_modules())
     assert all(modules[s.name] is m for s, m in adapter.reuse_sites(model))
@@ -368,6 +371,50 @@ def test_layer_reuse_counts_and_norm_skip(reference, preset, monkeypatch):
                   for kind in per_dual)
     assert s["norms_skipped"] == skipped == computing_ops.n - skipping_ops.n > 0
     assert torch.isfinite(out).all() and not torch.equal(out, expected) and rel_err(out, expected) < 0.1
+
+
+FUSED_CASES = [("fora", None), ("fora-2", None), ("pab-236", None),
+               ("plan", ("F", "A", "A", "F", "A", "S1", "A", "F")),
+               ("pab", dict(spatial_range=2, mlp=True, mlp_blocks=(0, 1, 2, 3), mlp_skip=2, mlp_timesteps=(900, 200)))]
+
+
+@pytest.mark.parametrize("preset, options", FUSED_CASES)
+def test_fused_output_projection_is_reused_only_with_both_its_inputs(reference, preset, options, monkeypatch):
+    """A single block's proj_out reuses exactly when attn and proj_mlp both handed back stored
+    outputs: the output equals the same method without the fused site bit for bit, proj_out
+    runs only on the other calls (counted from outside), and the FLOPs drop by the skipped calls."""
+    from dit_cache import StepPlanConfig
+    from dit_cache.runtime.flops import flop_counter
+
+    base, _ = reference
+    schedule = StepPlanConfig(plan=options) if preset == "plan" else preset
+    kwargs = options if isinstance(options, dict) else {}
+    model = dit_cache.patch(copy.deepcopy(base), schedule, **kwargs)
+    with monkeypatch.context() as m:  # the reference: the same method without the fused sites
+        m.setattr(FluxAdapter, "reuse_sites",
+                  lambda self, model: [(s, mod) for s, mod in BackboneAdapter.reuse_sites(self, model) if not s.reads])
+        plain = dit_cache.patch(copy.deepcopy(base), schedule, **kwargs)
+    with flop_counter() as fused_flops:
+        out = loop(model)
+    with flop_counter() as plain_flops:
+        reference_out = loop(plain)
+    assert torch.equal(out, reference_out)
+    s = dit_cache.stats(model)
+    reused, computed = s.get("fused_reused", 0), s.get("fused_computed", 0)
+    skipped = 3 if preset == "plan" else 0  # S1 of 6 units skips units 1-4: single blocks 0-2
+    assert computed + reused == N_SINGLE * STEPS - skipped
+    # each reuse skips one proj_out matmul over the image and text tokens, nothing else
+    proj_out = base.single_transformer_blocks[0].proj_out
+    per_call = 2 * proj_out.in_features * proj_out.out_features * (SIDE // 2 * SIDE // 2 + FLUX_TEXT_LEN)
+    assert plain_flops.get_total_flops() - fused_flops.get_total_flops() == reused * per_call
+    if preset == "plan":  # S1 stores nothing: the A after it reuses what the last F stored
+        assert reused == N_SINGLE * options.count("A")
+    elif preset.startswith("fora"):
+        assert reused == N_SINGLE * s["cached_steps"] > 0
+    elif preset == "pab-236":
+        assert reused == 0  # PAB-236 never reuses an MLP: proj_out always runs
+    else:
+        assert 0 < reused < s.get("mlp_reused", 0)
 
 
 # ------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ TINY_FACTS = {
     "tiny-sd3": TinyFacts("sd3", 6, 2, _ATTN_MLP, SkipCacheDefaults(interval=2, shallow=4, start=1000.0, close=150.0),
                           schedulers=("flow-euler",), shift=3.0),
     # FluxPipeline shifts by the image's token count: 64 tokens at 128 px
-    "tiny-flux": TinyFacts("flux", 6, 2, _ATTN_MLP, SkipCacheDefaults(interval=2, shallow=4, start=920.0, close=200.0),
+    "tiny-flux": TinyFacts("flux", 6, 2, _ATTN_MLP | {"fused"}, SkipCacheDefaults(interval=2, shallow=4, start=920.0, close=200.0),
                            schedulers=("flow-euler",), mu=_flux_mu(64)),
 }
 

@@ -16,6 +16,7 @@ drops them. Untracked calls (train mode, per-sample timesteps) always compute an
 """
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 
 import torch
@@ -39,6 +40,12 @@ def find_sites(model: nn.Module, adapter) -> list[tuple[Site, nn.Module]]:
     return sites
 
 
+def _remember(ctx: CallContext, site: Site, stored) -> None:
+    """The stored object this call of `site` handed back or stored (None: neither), for the
+    fused sites that read it later in the same forward."""
+    ctx.scratch.setdefault("site_values", {})[site.name] = stored if isinstance(stored, torch.Tensor) else None
+
+
 def _detach(output):
     if isinstance(output, torch.Tensor):
         return output.detach()
@@ -51,14 +58,17 @@ class LayerReuseMethod(CacheMethod):
     """Base of FORA and PAB: subclasses say, per step, which sites reuse (`reuses`).
 
     Counters (in `dit_cache.stats`): ``attn_computed``, ``attn_reused``, ``mlp_computed``,
-    ``mlp_reused``, per attention kind ``{spatial,temporal,cross}_attn_{computed,reused}``, and
-    ``reuse_missed`` (a site that should have reused but had nothing stored for this CFG
-    branch yet, so it computed)."""
+    ``mlp_reused``, per attention kind ``{spatial,temporal,cross}_attn_{computed,reused}``,
+    ``fused_computed`` / ``fused_reused`` (sites with `reads`, e.g. FLUX's single-block
+    `proj_out`), and ``reuse_missed`` (a site that should have reused but had nothing stored for
+    this CFG branch yet, so it computed)."""
 
     def install(self) -> None:
         state = self.state
         every_site = find_sites(state.model, state.adapter)
-        self.sites = [(s, m) for s, m in every_site if self.wants(s)]
+        wanted = {s.name for s, _ in every_site if not s.reads and self.wants(s)}
+        # a fused site follows the sites it reads: hooked when they all are
+        self.sites = [(s, m) for s, m in every_site if (set(s.reads) <= wanted if s.reads else s.name in wanted)]
         super().install()  # block hooks: step bookkeeping and block_calls, blocks always run
         modules = dict(state.model.named_modules())
         readers = Counter(site.norm for site, _ in every_site if site.norm is not None)
@@ -105,6 +115,11 @@ class LayerReuseMethod(CacheMethod):
 
     def layer_forward(self, hook: DispatchHook, ctx: CallContext, args: tuple, kwargs: dict):
         site = hook.where
+        if site.reads:
+            return self._fused_forward(hook, site, ctx, args, kwargs)
+        return self._site_forward(hook, site, ctx, args, kwargs)
+
+    def _site_forward(self, hook: DispatchHook, site: Site, ctx: CallContext, args: tuple, kwargs: dict):
         stats = ctx.stats
         key = self._key(site, ctx, count=True)
         label = site.kind if site.kind == "mlp" else f"{site.kind}_attn"
@@ -122,6 +137,7 @@ class LayerReuseMethod(CacheMethod):
                         stats.count(f"{label}_reused")
                     if torch.is_grad_enabled() and not ctx.replay:
                         used[key] = value
+                    _remember(ctx, site, value)
                     return value
                 stats.count("reuse_missed")
         if site.name in ctx.scratch.get("norm_skipped", ()):
@@ -133,6 +149,31 @@ class LayerReuseMethod(CacheMethod):
             stats.count(f"{label}_computed")
         if store is not None and not ctx.replay and self.stores(site, ctx):
             store[key] = _detach(output)
+            _remember(ctx, site, store[key])
+        else:
+            _remember(ctx, site, None)  # an output nothing stored: a fused reader must compute
+        return output
+
+    def _fused_forward(self, hook: DispatchHook, site: Site, ctx: CallContext, args: tuple, kwargs: dict):
+        """A site whose output is a function of the outputs of `site.reads` alone: reused when
+        each of them handed back, on this call, the stored object it was computed from."""
+        key = self._key(site, ctx, count=True)
+        if not ctx.tracked or ctx.replay or torch.is_grad_enabled():
+            return hook.run(args, kwargs)
+        store = ctx.caches.setdefault(ctx.branch, {})
+        seen = ctx.scratch.get("site_values", {})
+        inputs = [seen.get(name) for name in site.reads]
+        entry = store.get(key)
+        if entry is not None and None not in inputs and all(ref() is value for ref, value in zip(entry[1], inputs)):
+            ctx.stats.count("fused_reused")
+            return entry[0]
+        output = hook.run(args, kwargs)
+        ctx.stats.count("fused_computed")
+        # An output computed from an input nothing stored is not kept (no later call can hand
+        # back that input), and the entry it would replace stays valid for its own inputs.
+        # Weak references: the entry keeps neither its inputs alive nor counts their bytes.
+        if None not in inputs:
+            store[key] = (_detach(output), tuple(weakref.ref(v) for v in inputs))
         return output
 
     def describe_cache(self) -> dict:
