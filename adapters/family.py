@@ -79,9 +79,22 @@ class FamilySpec:
         """Latent pixels per token side (a transformer config, or its dict)."""
         return int(config["patch_size"] if isinstance(config, dict) else config.patch_size)
 
+    #: the pixel side of a model whose config states no size (RoPE models: FLUX, Wan) and that
+    #: matches no built-in config
+    default_resolution: int = 1024
+
     def native_resolution(self, config, vae_factor: int = 8) -> int:
-        """The pixel side the model was trained at (default: its latent `sample_size` x VAE)."""
-        return int(config["sample_size"] if isinstance(config, dict) else config.sample_size) * vae_factor
+        """The pixel side the model was trained at: its latent `sample_size` x VAE; without one
+        (RoPE), the resolution of the built-in config it matches, else `default_resolution`."""
+        config = dict(config)
+        if config.get("sample_size") is not None:
+            return int(config["sample_size"]) * vae_factor
+        given = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        for entry in self.model_configs.values():
+            wanted = {k: tuple(v) if isinstance(v, list) else v for k, v in entry["transformer"].items()}
+            if "resolution" in entry and all(given.get(k) == v for k, v in wanted.items()):
+                return int(entry["resolution"])
+        return self.default_resolution
 
     def tiny_vae(self, config: dict[str, Any]) -> nn.Module:
         """The tiny test pipeline's VAE, from a tiny model config's "vae" (current RNG)."""

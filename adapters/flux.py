@@ -181,6 +181,7 @@ class FluxFamily(FamilySpec):
     # FLUX.1 samples without CFG (dev embeds the guidance scale, FLUX_GUIDANCE); a scale > 1 is
     # FluxPipeline's true_cfg_scale: here the [uncond, cond] halves are batched
     default_cfg_scale = 1.0
+    default_resolution = 1024  # FluxPipeline's default
     cfg_batched_kwargs = ("hidden_states", "timestep", "encoder_hidden_states", "pooled_projections", "guidance")
     scales_model_input = False  # FluxPipeline: plain noise, packed tokens, the velocity to scheduler.step
     schedulers = ("flow-euler",)
@@ -194,18 +195,6 @@ class FluxFamily(FamilySpec):
 
     def spatial_patch(self, config) -> int:
         return 2  # patch_size 1 on tokens that are 2x2-packed latents
-
-    def native_resolution(self, config, vae_factor: int = 8) -> int:
-        """The resolution of the built-in tiny config that `config` matches, else FluxPipeline's
-        default (1024 px): the model itself has no size (RoPE)."""
-        def norm(d) -> dict:
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(d).items()}
-
-        given = norm(config)
-        for entry in self.model_configs.values():
-            if entry["tiny"] and all(given.get(k) == v for k, v in norm(entry["transformer"]).items()):
-                return int(entry["resolution"])
-        return 1024
 
     def set_timesteps(self, scheduler, steps: int, *, resolution: int, device=None) -> None:
         """FluxPipeline's schedule: sigmas linspace(1, 1/steps) shifted by mu = calculate_shift(

@@ -97,6 +97,7 @@ class WanFamily(FamilySpec):
     is_video = True
     tensor_format = "BCFHW"
     default_cfg_scale = 5.0
+    default_resolution = 480  # Wan 2.1's 480p (square here; the pipeline's default is 832 x 480)
     cfg_batched_kwargs = ()  # CFG is two sequential calls, never one batch
     schedulers = ("flow-euler",)
     default_scheduler = "flow-euler"
@@ -108,9 +109,6 @@ class WanFamily(FamilySpec):
 
     def spatial_patch(self, config) -> int:
         return int(_get(config, "patch_size")[1])
-
-    def native_resolution(self, config, vae_factor: int = 8) -> int:
-        return 480  # Wan 2.1's 480p (square here; the pipeline's default is 832 x 480)
 
     def tiny_vae(self, config):
         from diffusers import AutoencoderKLWan

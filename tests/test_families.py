@@ -160,3 +160,14 @@ def test_the_folded_skip_kernel_counts_both_of_its_gemms():
             skip_fusion(x, s, torch.ones(16), torch.zeros(16), w, b, backend=backend)
         counts[backend] = counter.get_total_flops()
     assert counts["torch"] == counts["reference"] == 2 * 20 * 16 * 8
+
+
+def test_fastercache_is_na_under_sequential_cfg():
+    """WanPipeline runs its CFG branches as two calls: FasterCache, which splits one batched call,
+    gets an n/a row that says so (it raised an IndexError inside diffusers before)."""
+    from dit_cache.bench import BenchConfig, run_bench
+
+    result = run_bench(BenchConfig(model="tiny-wan", methods=["diffusers-fastercache"], steps=2, repeats=1, warmup=0,
+                                   threads=1, memory=False, flops=False))
+    status = result.row("diffusers-fastercache")["status"]
+    assert status.startswith("n/a: ") and "separate calls" in status, status

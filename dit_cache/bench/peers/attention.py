@@ -62,6 +62,9 @@ class AppliedDiffusersFasterCache(PeerHooks):
         o = self.spec.options
         weight = o.get("attention_weight", 0.5)
         family = self.runner.spec
+        if not family.cfg_batched_kwargs:
+            raise PeerUnavailable(f"FasterCache needs batched classifier-free guidance; {family.pipeline_class_name} "
+                                  "runs the two CFG branches as separate calls")
         kwargs: dict[str, Any] = dict(
             spatial_attention_block_skip_range=o.get("spatial_range", 2),
             temporal_attention_block_skip_range=o.get("temporal_range", 2 if family.is_video else None),
