@@ -28,6 +28,8 @@ def _out(model, name):
         return model(**transformer_inputs(name, transformer=model))[0]
 
 
+# every family (SD3 and FLUX also in their own files): the round trip is cheap
+@pytest.mark.parametrize("name", TINY_MODELS)
 @pytest.mark.parametrize("fusion", [None, "replace"])
 def test_round_trip(tmp_path, name, model, fusion):
     if fusion == "replace" and name == "tiny-hunyuan":

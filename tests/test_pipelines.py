@@ -10,6 +10,7 @@ from helpers import ExecutionCounter, calls_per_step, expected_block_calls, max_
 STEPS = 8
 
 
+@pytest.mark.parametrize("name", TINY_MODELS)  # every family: the issue-15 checks
 def test_unpatch_restores_bit_exact_output(name, pipe):
     inputs = pipeline_inputs(name, num_inference_steps=STEPS)
     reference = run_pipeline(pipe, inputs)
@@ -27,6 +28,7 @@ def test_unpatch_restores_bit_exact_output(name, pipe):
     assert torch.equal(run_pipeline(pipe, inputs), reference)
 
 
+@pytest.mark.parametrize("name", TINY_MODELS)  # every family: the issue-15 checks
 def test_caching_off_equals_original(name, pipe):
     """Residual adapters inserted (zero-initialised) and every step full: same function."""
     inputs = pipeline_inputs(name, num_inference_steps=STEPS)
@@ -38,6 +40,7 @@ def test_caching_off_equals_original(name, pipe):
     assert torch.allclose(out, reference, rtol=0, atol=1e-6), float((out - reference).abs().max())
 
 
+@pytest.mark.parametrize("name", TINY_MODELS)  # every family: the issue-15 checks
 def test_skip_cache_executes_predicted_blocks_and_stays_close(name, pipe):
     inputs = pipeline_inputs(name, num_inference_steps=STEPS)
     reference = run_pipeline(pipe, inputs)
