@@ -86,13 +86,14 @@ class FamilySpec:
     def native_resolution(self, config, vae_factor: int = 8) -> int:
         """The pixel side the model was trained at: its latent `sample_size` x VAE; without one
         (RoPE), the resolution of the built-in config it matches, else `default_resolution`."""
-        config = dict(config)
-        if config.get("sample_size") is not None:
-            return int(config["sample_size"]) * vae_factor
-        given = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        def plain(d) -> dict:  # a saved config holds lists where the built-in ones hold tuples
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(d).items()}
+
+        given = plain(config)
+        if given.get("sample_size") is not None:
+            return int(given["sample_size"]) * vae_factor
         for entry in self.model_configs.values():
-            wanted = {k: tuple(v) if isinstance(v, list) else v for k, v in entry["transformer"].items()}
-            if "resolution" in entry and all(given.get(k) == v for k, v in wanted.items()):
+            if "resolution" in entry and all(given.get(k) == v for k, v in plain(entry["transformer"]).items()):
                 return int(entry["resolution"])
         return self.default_resolution
 

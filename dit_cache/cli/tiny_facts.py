@@ -56,7 +56,8 @@ TINY_FACTS = {
 }
 
 #: the real-size architecture configs (random weights; meta device for the large ones), in the
-#: order the CLI lists them
+#: order the CLI lists them: the names of dit_cache.testing.MODEL_CONFIGS, repeated here so that
+#: `ditcache --help` imports no torch (tests/test_first_hour.py keeps the two in step)
 REAL_SIZE_MODELS = ("dit-s-2", "dit-xl-2", "latte-1", "hunyuan-dit", "pixart-sigma", "sd3.5-medium", "flux.1-dev",
                     "wan2.1-1.3b")
 

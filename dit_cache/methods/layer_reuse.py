@@ -164,7 +164,9 @@ class LayerReuseMethod(CacheMethod):
         seen = ctx.scratch.get("site_values", {})
         inputs = [seen.get(name) for name in site.reads]
         entry = store.get(key)
-        if entry is not None and None not in inputs and all(ref() is value for ref, value in zip(entry[1], inputs)):
+        # identity only: `None in inputs` would compare tensors with ==
+        complete = all(v is not None for v in inputs)
+        if entry is not None and complete and all(ref() is value for ref, value in zip(entry[1], inputs)):
             ctx.stats.count("fused_reused")
             return entry[0]
         output = hook.run(args, kwargs)
@@ -172,7 +174,7 @@ class LayerReuseMethod(CacheMethod):
         # An output computed from an input nothing stored is not kept (no later call can hand
         # back that input), and the entry it would replace stays valid for its own inputs.
         # Weak references: the entry keeps neither its inputs alive nor counts their bytes.
-        if None not in inputs:
+        if complete:
             store[key] = (_detach(output), tuple(weakref.ref(v) for v in inputs))
         return output
 
