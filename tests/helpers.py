@@ -77,14 +77,21 @@ def calls_per_step(name: str, cfg: bool = True) -> int:
 
 
 class NormOps(TorchDispatchMode):
-    """Counts the normalization kernels that really run (aten level, below every hook)."""
+    """Counts the normalization kernels that really run (aten level, below every hook), and the
+    elements the elementwise add / mul kernels write (`elementwise`)."""
 
     OPS = {"native_layer_norm", "rms_norm", "_fused_rms_norm"}
+    ELEMENTWISE = {"add", "mul", "addcmul"}
 
     def __init__(self):
         super().__init__()
         self.n = 0
+        self.elementwise = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += func.overloadpacket.__name__ in self.OPS
-        return func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        self.n += name in self.OPS
+        out = func(*args, **(kwargs or {}))
+        if name in self.ELEMENTWISE and isinstance(out, torch.Tensor):
+            self.elementwise += out.numel()
+        return out

@@ -224,7 +224,8 @@ def test_bad_options_and_names_raise_and_leave_model_untouched():
 @pytest.mark.parametrize("preset", ["fora", "pab-236"])
 def test_a_reusing_site_skips_the_norm_only_it_reads(name, model, preset, monkeypatch):
     """On a reuse call the normalization feeding only that site is not computed (counted at the
-    aten op), and every output is bit for bit the one of the same method computing it."""
+    aten op), nor the block's modulation of its output (it gets one token), and every output is
+    bit for bit the one of the same method computing it."""
     sched = build_scheduler(None, family_of(name))
     set_family_timesteps(sched, name, 6)
     ts = [float(t) for t in sched.timesteps]
@@ -242,8 +243,24 @@ def test_a_reusing_site_skips_the_norm_only_it_reads(name, model, preset, monkey
     reused = s.get("attn_reused", 0) + s.get("mlp_reused", 0)
     assert 0 < s["norms_skipped"] <= reused
     assert computing_ops.n - skipping_ops.n == s["norms_skipped"]
+    assert skipping_ops.elementwise < computing_ops.elementwise
     if name == "tiny-dit":  # adaLN-zero blocks: every site has its own norm
         assert s["norms_skipped"] == reused
+        # ... and modulates it (`x * (1 + scale) + shift`: a mul and an add) on one token of L
+        b, length, dim = _block_input_shape(model, name)
+        saved = computing_ops.elementwise - skipping_ops.elementwise
+        assert saved == s["norms_skipped"] * 2 * b * (length - 1) * dim
+
+
+def _block_input_shape(model, name) -> tuple:
+    seen = []
+    handle = model.transformer_blocks[0].register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape)))
+    try:
+        with torch.no_grad():
+            model(**transformer_inputs(name, batch=1, seed=1, transformer=model))
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 def test_norms_run_under_autograd():

@@ -6,9 +6,10 @@ Only the submodule call is replaced: the block itself still runs, so the adaLN m
 (shift/scale/gate), residual adds, Hunyuan-DiT's native long-skip fusion and Latte's reshapes
 are recomputed every step. The stored value is the submodule's output, i.e. *before* the
 block applies its gate. The one exception: the normalization that only a reusing site reads
-(the site's `norm`, from the adapter's `input_norm`) hands its input back instead of
-normalizing it, since nothing reads its output on that call; FLOP counters do not see norms,
-but on a small model they are most of a reuse step's wall time.
+(the site's `norm`, from the adapter's `input_norm`) hands back a one-token view of its input
+instead of normalizing it, since nothing reads its output on that call (the block's modulation
+of it then runs on one token too); FLOP counters see neither norms nor modulations, but on a
+small model they are most of a reuse step's wall time.
 
 Stored outputs live in the generation's ``caches[branch]`` (a dict keyed by the submodule's
 qualified name), so a new generation, `dit_cache.reset`, an aborted forward or a training call
@@ -44,6 +45,16 @@ def _remember(ctx: CallContext, site: Site, stored) -> None:
     """The stored object this call of `site` handed back or stored (None: neither), for the
     fused sites that read it later in the same forward."""
     ctx.scratch.setdefault("site_values", {})[site.name] = stored if isinstance(stored, torch.Tensor) else None
+
+
+def _one_token(x: torch.Tensor) -> torch.Tensor:
+    """What a skipped norm hands back: a view of its input's first token, (B, ..., D) ->
+    (B, 1, ..., 1, D). Nothing reads it (the site it feeds hands back its stored output), but the
+    block still modulates it (`x * (1 + scale) + shift`); on one token that costs nothing, where
+    the full input cost two passes over the hidden states per site."""
+    if x.ndim < 3:
+        return x
+    return x[(slice(None), *(slice(0, 1),) * (x.ndim - 2))]
 
 
 def _detach(output):
@@ -109,7 +120,7 @@ class LayerReuseMethod(CacheMethod):
             if store is not None and store.get(self._key(site, ctx, count=False)) is not None:
                 skipped.add(site.name)
                 ctx.stats.count("norms_skipped")
-                return args[0] if args else next(iter(kwargs.values()))
+                return _one_token(args[0] if args else next(iter(kwargs.values())))
         skipped.discard(site.name)
         return hook.run(args, kwargs)
 
