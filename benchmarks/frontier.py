@@ -230,10 +230,11 @@ def report(models: list[str]) -> None:
             lines += _targets(rows, key)
         cal = [r for r in rows if family(r["method"]).startswith("dit-cache calibrated")]
         if cal:
-            effs = sorted(r["efficiency"] for r in cal if r.get("efficiency") is not None) or [float("nan")]
-            lines += [f"- efficiency (measured / FLOP-ideal) of the calibrated rows: {effs[0]:.2f}-{effs[-1]:.2f}, "
-                      f"median {effs[len(effs) // 2]:.2f}; {sum(e >= 0.9 for e in effs)} of {len(effs)} at 0.9 or more "
-                      f"({'met' if effs[0] >= 0.9 else 'missed'})", ""]
+            effs = sorted(r["efficiency"] for r in cal if r.get("efficiency") is not None)
+            if effs:  # none when no calibrated row was re-timed
+                lines += [f"- efficiency (measured / FLOP-ideal) of the calibrated rows: {effs[0]:.2f}-{effs[-1]:.2f}, "
+                          f"median {effs[len(effs) // 2]:.2f}; {sum(e >= 0.9 for e in effs)} of {len(effs)} at 0.9 or "
+                          f"more ({'met' if effs[0] >= 0.9 else 'missed'})", ""]
             lines += ["calibrated rows: " + "; ".join(
                 f"{r['method']} ideal {r['ideal_speedup']:.2f}x measured {_x(r['speedup'])} eff {_x(r['efficiency'], '')} "
                 f"{r['psnr']:.1f} dB FID {r.get('fid_mnist') or float('nan'):.1f} acc {r.get('class_acc') or float('nan'):.2f}"
